@@ -1,0 +1,217 @@
+"""Forward, backward and whole runs of minibatch steps for a dense MLP (a template).
+
+This file is compiled once per set of activations: `deltaprop.plugins.compile` appends generated
+`act_block` / `grad_block` functions (a branch per activation id, hoisted out of the loops), writes
+the result into the kernel cache directory and imports it, so Numba caches it like any file.
+
+Layout (flat, C order):
+  theta, grad  [W_0 (n1, n0) | b_0 (n1) | W_1 (n2, n1) | b_1 | ...]   offsets woff[l], boff[l]
+  Z, A, D      for layer l a (cap, n_{l+1}) block at hoff[l]: pre-activation z, activation a, delta
+  xb           (cap, n0) gathered and scaled minibatch; yb / tb its labels / targets
+
+Parallelism: every step is a few `prange(parts)` regions; in each, thread t computes its own slice
+of the output (a block of columns of z or delta, a block of rows of dW) with a single-threaded
+BLAS call and the fused elementwise work on that slice. Nothing is reduced across threads except
+the batch loss, which is summed row by row in order, so results are bit-identical run to run.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from deltaprop.kernels._config import JIT, PJIT
+from deltaprop.kernels.blas import gemm
+from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
+from deltaprop.kernels.optim import chunk, update
+
+CROSS_ENTROPY, MSE = 0, 1
+ALIGN = 16  # column blocks start on a multiple of 16 (SIMD-friendly GEMM splits)
+
+# Generated per network and appended below by deltaprop.plugins.compile:
+#   act_block(k, Z, A, off, r0, r1, ncols, c0, c1, theta, boff): Z += b; A = f_k(Z)
+#   grad_block(k, Z, D, off, r0, r1, ncols, c0, c1):              D *= f_k'(Z)
+act_block = grad_block = None
+
+
+@numba.njit(**JIT)
+def _keep_scale(seed, step, layer, row, col, rate):
+    """Dropout mask entry: 0 or 1/(1-rate), a pure hash of its coordinates (splitmix64)."""
+    h = np.uint64(seed) ^ (np.uint64(step) * np.uint64(0x9E3779B97F4A7C15))
+    h ^= np.uint64(layer) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(row) * np.uint64(0x94D049BB133111EB)
+    h += np.uint64(col) * np.uint64(0x9E3779B97F4A7C15)
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    u = np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return 0.0 if u < rate else 1.0 / (1.0 - rate)
+
+
+@numba.njit(**JIT)
+def _dropout(X, off, r0, r1, ncols, c0, c1, seed, step, layer, rate):
+    for r in range(r0, r1):
+        base = off + r * ncols
+        for j in range(c0, c1):
+            X[base + j] *= _keep_scale(seed, step, layer, r, j, rate)
+
+
+@numba.njit(**PJIT)
+def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb):
+    """xb[i] = (X[perm[p0+i]] - mean) * inv_std, and the matching labels/targets."""
+    d = X.shape[1]
+    for t in prange(parts):
+        lo, hi = chunk(nb, parts, t)
+        for i in range(lo, hi):
+            r = perm[p0 + i]
+            for j in range(d):
+                xb[i * d + j] = (X[r, j] - mean[j]) * inv_std[j]
+            if labels.size > 0:
+                yb[i] = labels[r]
+            if targets.shape[0] > 0:
+                for j in range(targets.shape[1]):
+                    tb[i, j] = targets[r, j]
+
+
+@numba.njit(**PJIT)
+def forward(parts, nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A):
+    """z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden layers when drop[l] > 0)."""
+    L = sizes.size - 1
+    for l in range(L):
+        nin, nout = sizes[l], sizes[l + 1]
+        src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
+        for t in prange(parts):
+            c0, c1 = chunk(nout, parts, t, ALIGN)
+            if c1 > c0:
+                # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
+                gemm(False, True, nb, c1 - c0, nin, 1.0, src, soff, nin,
+                     theta, woff[l] + c0 * nin, nin, 0.0, Z, hoff[l] + c0, nout)
+                act_block(act[l], Z, A, hoff[l], 0, nb, nout, c0, c1, theta, boff[l])
+                if l < L - 1 and drop[l] > 0.0:
+                    _dropout(A, hoff[l], 0, nb, nout, c0, c1, seed, step, l, drop[l])
+
+
+@numba.njit(**PJIT)
+def loss_delta(parts, kind, nb, out_act, k, off, Z, A, D, yb, tb, rowloss, correct):
+    """Per-row loss and the output delta dL/dz_out for rows 0..nb."""
+    for t in prange(parts):
+        lo, hi = chunk(nb, parts, t)
+        if kind == CROSS_ENTROPY:
+            cross_entropy_rows(Z, D, off, k, lo, hi, nb, yb, rowloss, correct)
+        else:
+            mse_rows(A, D, off, k, lo, hi, nb, tb, rowloss)
+            grad_block(out_act, Z, D, off, lo, hi, k, 0, k)
+
+
+@numba.njit(**PJIT)
+def backward(parts, nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D,
+             sq, want_sq):
+    """dW_l = delta_l.T @ a_{l-1}, db_l = sum(delta_l), delta_{l-1} = (delta_l @ W_l) * f'(z_{l-1}).
+
+    sq[l, t] gets the squared norm of thread t's slice of layer l's gradient when want_sq.
+    """
+    L = sizes.size - 1
+    for l in range(L - 1, -1, -1):
+        nin, nout = sizes[l], sizes[l + 1]
+        src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
+        for t in prange(parts):
+            r0, r1 = chunk(nout, parts, t, ALIGN)
+            if r1 > r0:
+                # (r1-r0, nin) = delta_l[:, r0:r1].T @ a_{l-1}
+                gemm(True, False, r1 - r0, nin, nb, 1.0, D, hoff[l] + r0, nout,
+                     src, soff, nin, 0.0, grad, woff[l] + r0 * nin, nin)
+                for j in range(r0, r1):
+                    s = 0.0
+                    for i in range(nb):
+                        s += D[hoff[l] + i * nout + j]
+                    grad[boff[l] + j] = s
+                if want_sq:
+                    s = 0.0
+                    for i in range(woff[l] + r0 * nin, woff[l] + r1 * nin):
+                        s += grad[i] * grad[i]
+                    for j in range(r0, r1):
+                        s += grad[boff[l] + j] * grad[boff[l] + j]
+                    sq[l, t] = s
+            if l > 0:
+                c0, c1 = chunk(nin, parts, t, ALIGN)
+                if c1 > c0:
+                    # (nb, c1-c0) = delta_l @ W_l[:, c0:c1]
+                    gemm(False, False, nb, c1 - c0, nout, 1.0, D, hoff[l], nout,
+                         theta, woff[l] + c0, nin, 0.0, D, hoff[l - 1] + c0, nin)
+                    grad_block(act[l - 1], Z, D, hoff[l - 1], 0, nb, nin, c0, c1)
+                    if drop[l - 1] > 0.0:
+                        _dropout(D, hoff[l - 1], 0, nb, nin, c0, c1, seed, step, l - 1, drop[l - 1])
+
+
+@numba.njit(**JIT)
+def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap,
+              sizes, woff, boff, hoff, act, drop, seed, step0,
+              theta, grad, opt_kind, opt_state, hyper, lrs, clip, loss_kind,
+              xb, yb, tb, Z, A, D, rowloss, correct, sq, step_loss, step_correct):
+    """Run n_steps minibatch steps from position pos0 of the epoch's permutation.
+
+    1) gather  2) forward  3) loss + output delta  4) backward  5) clip  6) optimizer update.
+    Returns the number of steps completed; fewer than n_steps means step `returned` produced a
+    non-finite loss or gradient, and its update was not applied (theta is still the last good one).
+    """
+    n = perm.size
+    L = sizes.size - 1
+    k = sizes[L]
+    for s in range(n_steps):
+        p0 = pos0 + s * cap
+        nb = min(cap, n - p0)
+        step = step0 + s
+        gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb)
+        forward(parts, nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A)
+        loss_delta(parts, loss_kind, nb, act[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, rowloss, correct)
+        total = 0.0
+        hits = 0
+        for i in range(nb):
+            total += rowloss[i]
+            hits += correct[i]
+        step_loss[s] = total / nb
+        step_correct[s] = hits
+        if not math.isfinite(total):
+            return s
+        backward(parts, nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D,
+                 sq, clip > 0.0)
+        gscale = 1.0
+        if clip > 0.0:
+            norm = math.sqrt(sq.sum())
+            if not math.isfinite(norm):
+                return s
+            gscale = min(1.0, clip / (norm + 1e-6))
+        update(parts, opt_kind, theta, grad, opt_state, lrs[s], gscale, hyper, step + 1)
+    return n_steps
+
+
+@numba.njit(**JIT)
+def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, loss_kind,
+            xb, Z, A, out):
+    """out = the network's output for every row of X: softmax probabilities (cross-entropy) or
+    the output activation (mse). No dropout. `parts` = threads to split work across."""
+    n = X.shape[0]
+    L = sizes.size - 1
+    k = sizes[L]
+    drop = np.zeros(L)
+    perm = np.arange(n)
+    empty_i = np.zeros(0, np.int64)
+    empty_f = np.zeros((0, 1), xb.dtype)
+    for p0 in range(0, n, cap):
+        nb = min(cap, n - p0)
+        gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f)
+        forward(parts, nb, xb, theta, sizes, woff, boff, hoff, act, drop, 0, 0, Z, A)
+        for i in range(nb):
+            r = hoff[L - 1] + i * k
+            if loss_kind == CROSS_ENTROPY:
+                zmax = Z[r]
+                for j in range(1, k):
+                    zmax = max(zmax, Z[r + j])
+                s = 0.0
+                for j in range(k):
+                    s += math.exp(Z[r + j] - zmax)
+                for j in range(k):
+                    out[p0 + i, j] = math.exp(Z[r + j] - zmax) / s
+            else:
+                for j in range(k):
+                    out[p0 + i, j] = A[r + j]

@@ -1,0 +1,1 @@
+"""Service layer: config, data, trainer, checkpoint, queue, runner, evaluate (no Numba kernels here)."""

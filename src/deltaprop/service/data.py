@@ -1,0 +1,323 @@
+"""Dataset loading and validation: one `load_dataset(spec)` for every input format.
+
+A spec is `fashion-mnist:train` / `fashion-mnist:test` or a path to `.npz` (arrays `X`, `y`),
+`.npy` (features; labels in a sibling `foo_y.npy` / `foo.y.npy`; memory-mapped so data larger
+than RAM streams), `.csv` (header row, label column by name) or IDX (`*-images-idx3-ubyte[.gz]`
+with sibling `*-labels-idx1-ubyte[.gz]`). X keeps its stored dtype (uint8 stays uint8; scaling
+happens in the trainer) and must be treated as read-only. Every problem raises `DataError` with
+one sentence naming the file and the row/column/line.
+
+    ds = load_dataset("fashion-mnist:train")          # ds.X (60000, 784) uint8, ds.y (60000,) int64
+    n_classes = validate_labels_for_classification(ds.y, None, ds.source)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deltaprop.errors import DataError
+from deltaprop.service.idx import find_idx, read_idx
+
+FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
+_FASHION_FILES = {"train": "train", "test": "t10k"}
+_CHUNK_BYTES = 1 << 24  # finite checks read at most ~16 MB of a (memmapped) array at once
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Features `X` (n, d), labels/targets `y` ((n,) int64 labels, (n,)/(n, k) float) or None."""
+
+    X: np.ndarray
+    y: np.ndarray | None
+    source: str
+
+
+def load_dataset(spec: str, *, base_dir: Path | None = None, label_column: str = "label",
+                 require_labels: bool = True) -> Dataset:
+    """Load and validate the dataset named by `spec` (see the module docstring for formats).
+
+    Relative paths resolve against `base_dir` (e.g. the config file's directory), else the cwd.
+    With `require_labels=False` a file without labels gives `y=None` instead of an error.
+    """
+    if spec.partition(":")[0] == "fashion-mnist":
+        split = spec.partition(":")[2]
+        if split not in _FASHION_FILES:
+            raise DataError(f"Unknown dataset {spec!r}: use fashion-mnist:train or fashion-mnist:test.")
+        images, labels = _fashion_mnist_files(_FASHION_FILES[split])
+        X, y = _load_idx_pair(images, labels, require_labels)
+        return _finish(X, y, spec, str(images), str(labels))
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = (Path(base_dir) if base_dir is not None else Path.cwd()) / path
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"Data file {path} {what} (known datasets: fashion-mnist:train, fashion-mnist:test).")
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        X, y, ysrc = *_load_npz(path, require_labels), str(path)
+    elif name.endswith(".npy"):
+        X, y, ysrc = _load_npy(path, require_labels)
+    elif name.endswith(".csv"):
+        return _load_csv(path, label_column, require_labels)
+    elif "-idx" in name and "-ubyte" in name:
+        labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+        labels = None if labels == path else find_idx(labels)
+        X, y = _load_idx_pair(path, labels, require_labels)
+        ysrc = str(labels)
+    else:
+        raise DataError(f"Data file {path} has an unsupported format: expected .npz, .npy, .csv "
+                        "or an IDX file (*-images-idx3-ubyte[.gz]).")
+    return _finish(X, y, str(path), str(path), ysrc)
+
+
+def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | None, source: str) -> int:
+    """Check `y` holds integer class labels in 0..n_classes-1; return the number of classes.
+
+    Float arrays of integral values are accepted (see `as_labels` for the int64 copy). With
+    `n_classes=None` the count is `max(y) + 1`.
+    """
+    if y is None:
+        raise DataError(f"{source}: classification needs labels, but the data has none.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{source}: classification needs 1-D integer labels, got shape {y.shape} "
+                        "(for one-hot or real-valued targets use loss = \"mse\").")
+    if y.size == 0:
+        raise DataError(f"{source}: there are no labels (0 rows).")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, not an integer class label.")
+    elif y.dtype.kind not in "biu":
+        raise DataError(f"{source}: labels have dtype {y.dtype}, expected integers.")
+    bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        allowed = "non-negative" if n_classes is None else f"in 0..{n_classes - 1} ({n_classes} classes)"
+        raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, labels must be {allowed}.")
+    return int(n_classes) if n_classes is not None else int(y.max()) + 1
+
+
+def as_labels(y: np.ndarray | None, n_classes: int | None, source: str) -> np.ndarray:
+    """Validated class labels as a (n,) int64 array (floats with integral values converted)."""
+    validate_labels_for_classification(y, n_classes, source)
+    return np.asarray(y).reshape(-1).astype(np.int64, copy=False)
+
+
+def as_targets(y: np.ndarray | None, n_outputs: int, source: str, dtype=np.float64) -> np.ndarray:
+    """Targets for mse as a float (n, n_outputs) array.
+
+    1-D float y becomes (n, 1); 1-D integer labels with `n_outputs > 1` are one-hot encoded.
+    """
+    if y is None:
+        raise DataError(f"{source}: loss mse needs targets, but the data has none.")
+    y = np.asarray(y)
+    if y.ndim == 1 and y.dtype.kind in "biu" and n_outputs > 1:
+        labels = as_labels(y, n_outputs, source)
+        out = np.zeros((labels.shape[0], n_outputs), dtype=dtype)
+        out[np.arange(labels.shape[0]), labels] = 1.0
+        return out
+    y2 = y.reshape(-1, 1) if y.ndim == 1 else y
+    if y2.ndim != 2 or y2.shape[1] != n_outputs:
+        raise DataError(f"{source}: targets have shape {y.shape} but the model has {n_outputs} "
+                        f"output(s); expected shape ({y.shape[0] if y.ndim else '?'}, {n_outputs}).")
+    return np.ascontiguousarray(y2, dtype=dtype)
+
+
+# -- validation shared by all formats -------------------------------------------------------------
+
+def _finish(X: np.ndarray, y: np.ndarray | None, source: str, xsrc: str, ysrc: str) -> Dataset:
+    """Validate shapes, dtypes and finiteness; normalise label dtypes; build the Dataset."""
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{xsrc}: X has dtype {X.dtype}, expected a numeric array.")
+    if X.ndim != 2:
+        raise DataError(f"{xsrc}: X must be 2-D (rows, features), got shape {X.shape}.")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{xsrc}: the data is empty (X has shape {X.shape}).")
+    _check_finite(X, xsrc, "X")
+    if y is not None:
+        if y.dtype.kind not in "biuf":
+            raise DataError(f"{ysrc}: y has dtype {y.dtype}, expected a numeric array.")
+        if y.ndim not in (1, 2):
+            raise DataError(f"{ysrc}: y must be 1-D (n,) or 2-D (n, k), got shape {y.shape}.")
+        if y.shape[0] != X.shape[0]:
+            raise DataError(f"{ysrc}: X has {X.shape[0]} rows but y has {y.shape[0]}; they must match.")
+        if y.dtype.kind == "f":
+            _check_finite(y, ysrc, "y")
+        elif y.ndim == 1:
+            y = np.asarray(y, dtype=np.int64)  # class labels
+        else:
+            y = np.asarray(y, dtype=np.float64)  # integer-coded targets (e.g. one-hot)
+    return Dataset(X=X, y=y, source=source)
+
+
+def _check_finite(a: np.ndarray, src: str, what: str, where: Callable[[int, int], str] | None = None) -> None:
+    """Raise on NaN/Inf, scanning row chunks so a memmap is never read in full at once.
+
+    `where(row, col)` describes a location (csv: its line number); default "row r, column c".
+    """
+    if a.dtype.kind != "f":
+        return
+    a2 = a.reshape(a.shape[0], -1)
+    step = max(1, _CHUNK_BYTES // max(1, a2.shape[1] * a2.itemsize))
+    count, first = 0, None
+    for start in range(0, a2.shape[0], step):
+        bad = ~np.isfinite(a2[start:start + step])
+        if bad.any():
+            count += int(bad.sum())
+            if first is None:
+                r, c = np.argwhere(bad)[0]
+                first = (start + int(r), int(c))
+    if first is None:
+        return
+    r, c = first
+    at = f"row {r}, column {c} (0-based)" if where is None else where(r, c)
+    raise DataError(f"{src}: {what} contains {count} non-finite value(s) (NaN or Inf); the first is at {at}.")
+
+
+# -- formats --------------------------------------------------------------------------------------
+
+def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            missing = [k for k in ("X", "y") if k not in keys and (k == "X" or require_labels)]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; the file has "
+                                f"{', '.join(keys) or 'no arrays'} (expected X and y).")
+            return z["X"], (z["y"] if "y" in keys else None)
+    except DataError:
+        raise
+    except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError, EOFError
+        raise DataError(f"{path}: cannot read as .npz ({e}).") from e
+
+
+def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as .npy ({e}).") from e
+
+
+def _load_npy(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
+    name = path.name[:-4]
+    stem = name[:-2] if name[-2:] in ("_X", ".X", "_x", ".x") else name
+    candidates = [path.with_name(f"{stem}{sep}y.npy") for sep in ("_", ".")]
+    ypath = next((p for p in candidates if p.is_file() and p != path), None)
+    if ypath is None and require_labels:
+        raise DataError(f"{path}: no labels file found; looked for "
+                        f"{' and '.join(p.name for p in candidates)} in {path.parent}.")
+    X = _read_npy(path, mmap=True)  # np.memmap: streamed, never loaded whole
+    y = None if ypath is None else _read_npy(ypath, mmap=False)
+    return X, y, str(ypath)
+
+
+def _load_csv(path: Path, label_column: str, require_labels: bool) -> Dataset:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e}).") from e
+    names = [h.strip() for h in header or []]
+    if not names or all(_is_number(h) for h in names):
+        raise DataError(f"{path}: line 1 must be a header row naming the columns "
+                        f"(e.g. x0,x1,...,{label_column}).")
+    has_label = label_column in names
+    if require_labels and not has_label:
+        raise DataError(f"{path}: label column {label_column!r} not found; the columns are "
+                        f"{', '.join(names)}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported below
+            data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2,
+                              comments=None, quotechar='"', encoding="utf-8-sig")
+    except ValueError as e:  # includes UnicodeDecodeError
+        with contextlib.suppress(UnicodeDecodeError):
+            _csv_raise_bad_cell(path, names)
+        raise DataError(f"{path}: cannot parse as CSV ({e}).") from e
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: the data is empty (a header but no data rows).")
+    if data.shape[1] != len(names):
+        raise DataError(f"{path}: rows have {data.shape[1]} fields but the header names {len(names)} columns.")
+    _check_finite(data, str(path), "the data", lambda r, c: _csv_where(path, names, r, c))
+    y = None
+    if has_label:
+        j = names.index(label_column)
+        y, data = data[:, j], np.delete(data, j, axis=1)
+        if np.array_equal(y, np.round(y)):
+            y = y.astype(np.int64)
+    return _finish(data, y, str(path), str(path), str(path))
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_rows(path: Path):
+    """Yield (line number, data row index, fields) for non-blank data rows, as numpy counts them."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        row, line = 0, reader.line_num + 1
+        for fields in reader:
+            if fields:
+                yield line, row, fields
+                row += 1
+            line = reader.line_num + 1
+
+
+def _csv_raise_bad_cell(path: Path, names: list[str]) -> None:
+    for line, _, fields in _csv_rows(path):
+        if len(fields) != len(names):
+            raise DataError(f"{path}: line {line} has {len(fields)} fields but the header has {len(names)}.")
+        for name, cell in zip(names, fields):
+            if not _is_number(cell):
+                raise DataError(f"{path}: line {line}, column {name!r}: {cell!r} is not a number.")
+
+
+def _csv_where(path: Path, names: list[str], row: int, col: int) -> str:
+    line = next((ln for ln, r, _ in _csv_rows(path) if r == row), row + 2)
+    return f"line {line}, column {names[col]!r}"
+
+
+# -- IDX (MNIST-style) ------------------------------------------------------------------------------
+
+def _fashion_mnist_files(prefix: str) -> tuple[Path, Path]:
+    root = Path(os.environ.get("DELTAPROP_FASHION_MNIST") or FASHION_MNIST_DEFAULT)
+    files = [find_idx(root / f"{prefix}-{kind}-ubyte") for kind in ("images-idx3", "labels-idx1")]
+    if None in files:
+        raise DataError(
+            f"Fashion-MNIST not found in {root}: need train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+            "(gzipped or not). Install them with `apt-get install dataset-fashion-mnist`, or download "
+            "them from https://github.com/zalandoresearch/fashion-mnist and set "
+            "DELTAPROP_FASHION_MNIST to their directory.")
+    return files[0], files[1]
+
+
+def _load_idx_pair(images: Path, labels: Path | None,
+                   require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if labels is None and require_labels:
+        raise DataError(f"{images}: no labels file found; expected a sibling "
+                        "*-labels-idx1-ubyte[.gz] next to *-images-idx3-ubyte[.gz].")
+    X = read_idx(images, cache=True)
+    X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X  # (n, rows, cols) -> (n, rows*cols)
+    y = read_idx(labels, cache=False) if labels is not None else None
+    if y is not None and y.ndim != 1:
+        raise DataError(f"{labels}: an IDX labels file must be 1-D, got shape {y.shape}.")
+    return X, y

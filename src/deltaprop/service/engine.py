@@ -1,0 +1,148 @@
+"""The Python side of the kernels: shapes, buffers, threads, and the calls into compiled code.
+
+An `Engine` is one network shape (layer sizes, activation per layer, loss, dtype) bound to the
+kernels compiled for its activations. It owns the preallocated per-step buffers; the trainer,
+evaluation and the tests drive it. Parameters live in one flat vector (see kernels/network.py);
+`layer_views` gives (W, b) views into it without copies.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..plugins.manager import Registry
+
+LOSSES = {"cross_entropy": 0, "mse": 1}
+OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """torch.optim-compatible hyperparameters (lr comes per step from the schedule)."""
+
+    name: str = "sgd"
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def hyper(self) -> np.ndarray:
+        return np.array([self.momentum, self.dampening, float(self.nesterov), self.weight_decay,
+                         self.betas[0], self.betas[1], self.eps], dtype=np.float64)
+
+
+def default_threads() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Engine:
+    """A compiled MLP: sizes [n_in, h1, ..., n_out], one activation name per dense layer (the
+    last is the output activation: 'identity' for cross-entropy)."""
+
+    def __init__(self, sizes, activations, loss, dtype, registry: Registry, threads: int = 0):
+        import numba
+
+        from ..plugins.compile import network_kernels
+
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.L = len(self.sizes) - 1
+        if len(activations) != self.L:
+            raise ValueError(f"need {self.L} activations, got {len(activations)}")
+        self.activations = list(activations)
+        self.loss = loss
+        self.loss_kind = LOSSES[loss]
+        self.dtype = np.dtype(dtype)
+        names = sorted(set(self.activations) | {"identity"})
+        acts = tuple(registry.require_checked(n) for n in names)
+        self.act_ids = np.array([names.index(a) for a in self.activations], dtype=np.int64)
+        self.kernels = network_kernels(acts)
+        self.threads = max(1, min(threads or default_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(self.threads)
+        woff, boff, o = [], [], 0
+        for l in range(self.L):
+            woff.append(o)
+            o += int(self.sizes[l] * self.sizes[l + 1])
+            boff.append(o)
+            o += int(self.sizes[l + 1])
+        self.woff, self.boff, self.n_params = np.array(woff), np.array(boff), o
+        self._cap = 0
+
+    # ---- parameters ------------------------------------------------------------------------
+    def layer_views(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(W (out, in), b (out,))] views into the flat vector."""
+        out = []
+        for l in range(self.L):
+            n_in, n_out = int(self.sizes[l]), int(self.sizes[l + 1])
+            w0, b0 = int(self.woff[l]), int(self.boff[l])
+            out.append((theta[w0:w0 + n_out * n_in].reshape(n_out, n_in), theta[b0:b0 + n_out]))
+        return out
+
+    def flatten(self, layers) -> np.ndarray:
+        theta = np.empty(self.n_params, dtype=self.dtype)
+        for (W, b), (w, bb) in zip(self.layer_views(theta), layers):
+            W[...] = w
+            b[...] = bb
+        return theta
+
+    # ---- buffers ---------------------------------------------------------------------------
+    def _buffers(self, cap: int):
+        if cap != self._cap:
+            dt, width = self.dtype, int(self.sizes[1:].sum())
+            self.hoff = np.array([cap * int(self.sizes[1:l + 1].sum()) for l in range(self.L)])
+            self.xb = np.zeros(cap * int(self.sizes[0]), dt)
+            self.yb = np.zeros(cap, np.int64)
+            self.tb = np.zeros((cap, int(self.sizes[-1])), dt)
+            self.Z, self.A, self.D = (np.zeros(cap * width, dt) for _ in range(3))
+            self.rowloss = np.zeros(cap, np.float64)
+            self.correct = np.zeros(cap, np.int64)
+            self.sq = np.zeros((self.L, self.threads), np.float64)
+            self._cap = cap
+
+    def _targets(self, y):
+        """(labels, targets) arrays for the kernel: one of them is empty."""
+        k = int(self.sizes[-1])
+        if self.loss_kind == 0:
+            return np.ascontiguousarray(y, dtype=np.int64), np.zeros((0, k), self.dtype)
+        return np.zeros(0, np.int64), np.ascontiguousarray(np.asarray(y, self.dtype).reshape(len(y), k))
+
+    # ---- calls into compiled code ----------------------------------------------------------
+    def run_steps(self, X, mean, inv_std, y, perm, pos, n_steps, batch_size, theta, grad,
+                  opt: OptimizerSpec, opt_state, lrs, step0, *, seed=0, dropout=None, clip=0.0):
+        """Run n_steps minibatches of the permutation from `pos`. Returns (done, step_loss,
+        step_correct); done < n_steps means step `done` was non-finite and not applied."""
+        self._buffers(batch_size)
+        labels, targets = self._targets(y)
+        drop = np.zeros(self.L) if dropout is None else np.asarray(dropout, np.float64)
+        step_loss = np.zeros(n_steps)
+        step_correct = np.zeros(n_steps, np.int64)
+        done = self.kernels.run_steps(
+            self.threads, X, mean, inv_std, labels, targets, perm, pos, n_steps, batch_size,
+            self.sizes, self.woff, self.boff, self.hoff, self.act_ids, drop, seed, step0,
+            theta, grad, OPTIMIZERS[opt.name], opt_state, opt.hyper(),
+            np.ascontiguousarray(lrs, np.float64), float(clip), self.loss_kind,
+            self.xb, self.yb, self.tb, self.Z, self.A, self.D, self.rowloss, self.correct,
+            self.sq, step_loss, step_correct)
+        return int(done), step_loss, step_correct
+
+    def gradient(self, X, y, theta) -> tuple[float, np.ndarray]:
+        """(loss, dL/dtheta) over all of X as one batch, theta unchanged (an SGD step, lr 0)."""
+        n = len(X)
+        grad = np.zeros_like(theta)
+        scratch = theta.copy()
+        d = X.shape[1]
+        done, loss, _ = self.run_steps(
+            X, np.zeros(d, self.dtype), np.ones(d, self.dtype), y, np.arange(n), 0, 1, n,
+            scratch, grad, OptimizerSpec(), np.zeros((2, theta.size), self.dtype), [0.0], 0)
+        return float(loss[0]), grad
+
+    def predict(self, X, mean, inv_std, theta, batch_size=1024) -> np.ndarray:
+        """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype."""
+        self._buffers(batch_size)
+        out = np.zeros((len(X), int(self.sizes[-1])), self.dtype)
+        self.kernels.predict(self.threads, X, mean, inv_std, batch_size, self.sizes, self.woff,
+                             self.boff, self.hoff, self.act_ids, theta, self.loss_kind,
+                             self.xb, self.Z, self.A, out)
+        return out
