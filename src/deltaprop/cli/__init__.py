@@ -1,0 +1,1 @@
+"""The typer CLI: parses and prints; the work happens in deltaprop.service."""

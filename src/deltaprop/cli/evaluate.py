@@ -1,0 +1,68 @@
+"""`deltaprop evaluate` and `deltaprop predict`."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import console, handle_errors
+
+
+def _load(model_path: Path, data: str, require_labels: bool):
+    from ..service.data import load_dataset
+    from ..service.model import load_model
+    from ..service.prepare import resolve_data_spec
+    model = load_model(model_path)
+    ds = load_dataset(resolve_data_spec(data, None), require_labels=require_labels,
+                      label_column=model.config.get("data", {}).get("label_column", "label"))
+    model.check_features(ds.X, ds.source)
+    return model, ds
+
+
+@handle_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A run directory or a .safetensors model.")],
+    data: Annotated[str, typer.Option(help="Dataset spec: fashion-mnist:test or a file path.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Evaluate a model on labelled data: accuracy (classification) or mse, and loss."""
+    m, ds = _load(model, data, True)
+    result = m.evaluate(ds.X, ds.y, ds.source)
+    if json_:
+        print(json.dumps(result))
+        return
+    if "accuracy" in result:
+        console.print(f"{ds.source}: n={result['n']} accuracy={result['accuracy']:.4f} loss={result['loss']:.4f}")
+        from rich.table import Table
+        table = Table(title="confusion matrix (rows: true class, columns: predicted)")
+        k = len(result["confusion"])
+        table.add_column("")
+        for j in range(k):
+            table.add_column(str(j), justify="right")
+        for i, row in enumerate(result["confusion"]):
+            table.add_row(str(i), *map(str, row))
+        console.print(table)
+    else:
+        console.print(f"{ds.source}: n={result['n']} mse={result['mse']:.6g} loss={result['loss']:.6g}")
+
+
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="A run directory or a .safetensors model.")],
+    data: Annotated[str, typer.Option(help="Dataset spec (labels not needed).")],
+    output: Annotated[Path, typer.Option(help="Where to write the .npy predictions.")],
+    classes: Annotated[bool, typer.Option("--classes", help="Write class labels instead of probabilities.")] = False,
+):
+    """Write class probabilities (or labels with --classes) or regression outputs to a .npy file."""
+    import os
+
+    import numpy as np
+    m, ds = _load(model, data, False)
+    out = m.predict(ds.X, ds.source) if classes else m.predict_proba(ds.X, ds.source)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, out)
+    os.replace(tmp, output)
+    console.print(f"wrote {output}: {out.shape} {'labels' if classes else 'outputs'}")

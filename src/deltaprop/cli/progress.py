@@ -1,0 +1,71 @@
+"""Reporters: a rich progress bar on a terminal, plain lines otherwise."""
+
+import sys
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..service.trainer import Reporter
+from .common import console
+
+
+def _fmt(metrics: dict) -> str:
+    keys = [k for k in metrics if k not in ("epoch", "step")]
+    parts = []
+    for k in keys:
+        v = metrics[k]
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+class PlainReporter(Reporter):
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def _print(self, text):
+        print(text, file=self.stream, flush=True)
+
+    def start(self, run_dir, epochs, steps_per_epoch, resumed):
+        self.epochs = epochs
+        how = f"resuming from {resumed}" if resumed else "starting"
+        self._print(f"run {run_dir}: {how}; {epochs} epochs of {steps_per_epoch} steps")
+
+    def epoch_end(self, metrics):
+        self._print(f"epoch {metrics['epoch']}/{self.epochs} " + _fmt(metrics))
+
+    def note(self, text):
+        self._print(text)
+
+
+class RichReporter(PlainReporter):
+    def __init__(self):
+        super().__init__()
+        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                                 console=console, transient=True)
+
+    def _print(self, text):
+        self.progress.console.print(text)
+
+    def start(self, *args):
+        self.progress.start()
+        super().start(*args)
+
+    def epoch_start(self, epoch, steps, done):
+        self.task = self.progress.add_task("", total=steps, completed=done,
+                                           epoch=f"{epoch + 1}/{self.epochs}", stats="")
+
+    def advance(self, steps, loss, accuracy, samples_per_s):
+        stats = f"loss {loss:.4f}" + (f" acc {accuracy:.4f}" if accuracy is not None else "") + \
+                f" {samples_per_s:,.0f} samples/s"
+        self.progress.update(self.task, advance=steps, stats=stats)
+
+    def epoch_end(self, metrics):
+        self.progress.remove_task(self.task)
+        super().epoch_end(metrics)
+
+    def stop(self):
+        self.progress.stop()
+
+
+def make_reporter():
+    return RichReporter() if console.is_terminal else PlainReporter()

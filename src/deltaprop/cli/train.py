@@ -1,0 +1,49 @@
+"""`deltaprop train` and `deltaprop resume`."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import console, handle_errors
+
+
+def _summary(result) -> None:
+    last = result.metrics[-1] if result.metrics else {}
+    parts = [f"{k}={last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "test_loss",
+                                             "test_accuracy", "test_mse") if k in last]
+    console.print(f"done: {result.run_dir} after {len(result.metrics)} epochs"
+                  + (" (stopped early)" if result.stopped_early else "") + ("; " + " ".join(parts) if parts else ""))
+    console.print(f"model: {result.run_dir / 'model.safetensors'}")
+
+
+def _run(fn, *args):
+    from .progress import make_reporter
+    reporter = make_reporter()
+    try:
+        return fn(*args, reporter=reporter)
+    finally:
+        if hasattr(reporter, "stop"):
+            reporter.stop()
+
+
+@handle_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="TOML config file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: $DELTAPROP_HOME/runs/NAME-TIME).")] = None,
+):
+    """Train a model in the foreground and write the run directory."""
+    from ..service.api import default_run_dir, read_config
+    from ..service.trainer import train_run
+    cfg = read_config(config, set_ or [])
+    result = _run(train_run, cfg, run_dir or default_run_dir(config.stem))
+    _summary(result)
+
+
+@handle_errors
+def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")]):
+    """Continue a run from its newest valid checkpoint to the configured end."""
+    from ..service.trainer import resume_run
+    result = _run(resume_run, run_dir)
+    _summary(result)

@@ -1,0 +1,58 @@
+"""The Python API for people who script rather than type.
+
+    import deltaprop
+    run = deltaprop.train("examples/fashion-mnist.toml", training__epochs=2)   # or a Config / dict
+    run.metrics[-1]["test_accuracy"]
+    model = deltaprop.load_model(run.run_dir)
+    model.predict(X); model.predict_proba(X); model.evaluate(X, y)
+"""
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Config, config_from_dict, load_config, merge_overrides
+from .model import load_model  # noqa: F401  (re-exported)
+from .prepare import resolve_data_spec
+from .trainer import RunResult, train_run
+
+
+def resolve_paths(config: Config, config_dir: Path | None) -> Config:
+    """Data and init paths made absolute, so the run directory's config works from anywhere."""
+    data = replace(config.data, train=resolve_data_spec(config.data.train, config_dir),
+                   test=resolve_data_spec(config.data.test, config_dir))
+    model = config.model
+    if model.init not in ("auto", "he", "xavier"):
+        model = replace(model, init=resolve_data_spec(model.init, config_dir))
+    return replace(config, data=data, model=model)
+
+
+def read_config(source, overrides=()) -> Config:
+    """A validated Config from a TOML path, a dict or a Config, with --set style overrides."""
+    if isinstance(source, Config):
+        if overrides:
+            source = config_from_dict(merge_overrides(source.to_dict(), overrides))
+        return resolve_paths(source, None)
+    if isinstance(source, dict):
+        return resolve_paths(config_from_dict(merge_overrides(source, overrides)), None)
+    path = Path(source)
+    return resolve_paths(load_config(path, overrides), path.resolve().parent)
+
+
+def default_run_dir(name: str) -> Path:
+    import os
+    home = Path(os.environ.get("DELTAPROP_HOME", "deltaprop-runs"))
+    return home / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config, run_dir=None, **overrides) -> RunResult:
+    """Train a run. `config`: TOML path, dict or Config; overrides as section__key=value."""
+    sets = [f"{k.replace('__', '.', 1)}={_toml(v)}" for k, v in overrides.items()]
+    cfg = read_config(config, sets)
+    name = Path(config).stem if isinstance(config, (str, Path)) else "run"
+    return train_run(cfg, Path(run_dir) if run_dir else default_run_dir(name))
+
+
+def _toml(v) -> str:
+    from .config import _toml_value
+    return _toml_value(v)

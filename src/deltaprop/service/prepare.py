@@ -1,0 +1,157 @@
+"""Everything a run needs before its first step: data split, targets, scaling, initial weights.
+
+`prepare(config, registry)` returns a `Prepared`; it is deterministic in the config (the
+validation split and the initial weights come from the seed), so a resume rebuilds it exactly.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .config import Config
+from .data import as_labels, as_targets, load_dataset, validate_labels_for_classification
+from .model import Model
+
+_CHUNK = 8192  # rows per chunk when computing statistics (memory-mapped data streams)
+
+
+@dataclass
+class Split:
+    X: np.ndarray  # features as stored (may be a memmap; rows picked by index)
+    y: np.ndarray  # int64 labels (cross-entropy) or (n, k) float targets (mse)
+    source: str
+
+
+@dataclass
+class Prepared:
+    X: np.ndarray  # all training rows as stored
+    y: np.ndarray
+    train_idx: np.ndarray  # rows used for training
+    val: Split | None
+    test: Split | None
+    model: Model  # initial weights and preprocessing
+
+
+def resolve_data_spec(spec: str, config_dir: Path | None) -> str:
+    """An absolute path for a file spec (relative: to the cwd, else to the config's directory)."""
+    if not spec or spec.startswith("fashion-mnist:"):
+        return spec
+    p = Path(spec).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if not p.exists() and config_dir is not None and (config_dir / p).exists():
+        return str((config_dir / p).resolve())
+    return str(p.resolve())
+
+
+def _outputs(config: Config, y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
+    """Kernel-ready labels/targets and the number of outputs."""
+    if config.training.loss == "cross_entropy":
+        k = validate_labels_for_classification(y, None, source)
+        return as_labels(y, k, source), k
+    if y.ndim == 2:
+        k = y.shape[1]
+    elif np.issubdtype(y.dtype, np.integer):
+        k = int(y.max()) + 1  # class labels regressed as one-hot targets
+    else:
+        k = 1
+    return as_targets(y, k, source, dtype=config.training.dtype), k
+
+
+def _scaling(mode: str, X: np.ndarray, rows: np.ndarray, dtype) -> tuple[str, np.ndarray, np.ndarray]:
+    d = X.shape[1]
+    if mode == "auto":
+        mode = "unit" if X.dtype == np.uint8 else "none"
+    if mode == "none":
+        return mode, np.zeros(d, dtype), np.ones(d, dtype)
+    if mode == "unit" and X.dtype == np.uint8:
+        return mode, np.zeros(d, dtype), np.full(d, 1.0 / 255.0, dtype)
+    lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
+    s, s2 = np.zeros(d), np.zeros(d)
+    for i in range(0, len(rows), _CHUNK):
+        block = np.asarray(X[rows[i:i + _CHUNK]], dtype=np.float64)
+        lo, hi = np.minimum(lo, block.min(0)), np.maximum(hi, block.max(0))
+        s += block.sum(0)
+        s2 += (block * block).sum(0)
+    if mode == "unit":  # min-max to [0, 1]
+        span = hi - lo
+        return mode, lo.astype(dtype), np.where(span > 0, 1.0 / np.where(span > 0, span, 1), 1.0).astype(dtype)
+    n = len(rows)
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    return mode, mean.astype(dtype), np.where(std > 1e-12, 1.0 / np.where(std > 1e-12, std, 1), 1.0).astype(dtype)
+
+
+def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
+    """He-normal or Xavier-uniform weights per layer (by `inits`), zero biases."""
+    rng = np.random.default_rng([seed, 0x1A17])
+    parts = []
+    for i in range(len(sizes) - 1):
+        n_in, n_out = sizes[i], sizes[i + 1]
+        if inits[i] == "he":
+            W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in))
+        else:
+            a = np.sqrt(6.0 / (n_in + n_out))
+            W = rng.uniform(-a, a, size=(n_out, n_in))
+        parts += [W.ravel(), np.zeros(n_out)]
+    return np.concatenate(parts).astype(dtype)
+
+
+def _load_split(spec: str, config: Config, n_out: int, n_in: int) -> Split:
+    ds = load_dataset(spec, label_column=config.data.label_column)
+    if ds.X.shape[1] != n_in:
+        raise DataError(f"{ds.source}: has {ds.X.shape[1]} features per row, the training data has {n_in}")
+    if config.training.loss == "cross_entropy":
+        y = as_labels(ds.y, n_out, ds.source)
+    else:
+        y = as_targets(ds.y, n_out, ds.source, dtype=config.training.dtype)
+    return Split(np.asarray(ds.X), y, ds.source)
+
+
+def prepare(config: Config, registry) -> Prepared:
+    c = config
+    ds = load_dataset(c.data.train, label_column=c.data.label_column)
+    X = np.asarray(ds.X)  # a memmap stays mapped; np.asarray drops the subclass for Numba
+    y, k = _outputs(c, ds.y, ds.source)
+    n = len(X)
+    train_idx, val = np.arange(n), None
+    if c.data.validation_fraction > 0:
+        n_val = int(round(c.data.validation_fraction * n))
+        if n_val < 1 or n_val >= n:
+            raise ConfigError(f"data.validation_fraction = {c.data.validation_fraction} leaves "
+                              f"{n - n_val} training and {n_val} validation rows of {n}")
+        order = np.random.default_rng([c.training.seed, 0x5A11]).permutation(n)
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        val = Split(X[val_idx], y[val_idx], f"{ds.source} (validation split)")
+    test = _load_split(c.data.test, c, k, X.shape[1]) if c.data.test else None
+
+    hidden_acts = c.model.hidden_activations()
+    out_act = c.model.output_activation if c.training.loss == "mse" else "identity"
+    acts = hidden_acts + [out_act]
+    for name in acts:
+        registry.require_checked(name)
+    sizes = [X.shape[1], *c.model.hidden, k]
+    mode, mean, inv_std = _scaling(c.data.scale, X, train_idx, c.training.dtype)
+    plugins = {a: {"source": registry.get(a).source, "version": registry.get(a).version} for a in set(acts)}
+    if c.model.init in ("auto", "he", "xavier"):
+        inits = [registry.get(a).init if c.model.init == "auto" else c.model.init for a in hidden_acts]
+        theta = init_theta(sizes, inits + ["xavier"], c.training.seed, c.training.dtype)
+    else:
+        theta = _init_from_file(c.model.init, sizes)
+    model = Model(sizes, acts, c.training.loss, c.training.dtype, theta.astype(c.training.dtype),
+                  mean, inv_std, mode, plugins, c.to_dict())
+    return Prepared(X, y, train_idx, val, test, model)
+
+
+def _init_from_file(path: str, sizes: list[int]) -> np.ndarray:
+    from .model import load_model
+    try:
+        init = load_model(Path(path))
+    except Exception as exc:  # CheckpointError and friends: name the key
+        raise ConfigError(f"model.init = {path!r}: {exc}") from None
+    if list(init.sizes) != list(sizes):
+        raise ConfigError(f"model.init = {path!r} has layer sizes {init.sizes}, "
+                          f"but this config builds {sizes}")
+    return init.theta

@@ -1,0 +1,29 @@
+"""Learning-rate schedules as pure functions of the global step (so a resume is exact)."""
+
+import math
+
+import numpy as np
+
+from .config import ScheduleConfig
+
+
+def lr_at(step: int, base_lr: float, steps_per_epoch: int, total_steps: int, s: ScheduleConfig) -> float:
+    """The learning rate of (0-based) global step `step`."""
+    epoch = step // steps_per_epoch
+    if s.name == "step":
+        lr = base_lr * s.gamma ** (epoch // s.step_epochs)
+    elif s.name == "exponential":
+        lr = base_lr * s.gamma ** epoch
+    elif s.name == "cosine":
+        lr = s.min_lr + (base_lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+    else:
+        lr = base_lr
+    warmup = s.warmup_epochs * steps_per_epoch
+    if warmup > 0 and step < warmup:
+        lr *= (step + 1) / warmup
+    return lr
+
+
+def lrs_for(step0: int, n: int, base_lr: float, steps_per_epoch: int, total_steps: int,
+            s: ScheduleConfig) -> np.ndarray:
+    return np.array([lr_at(step0 + i, base_lr, steps_per_epoch, total_steps, s) for i in range(n)])

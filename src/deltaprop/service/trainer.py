@@ -1,0 +1,357 @@
+"""The training loop: epochs of compiled steps, metrics, checkpoints, early stopping, resume.
+
+    result = train_run(config, run_dir)      # a new run
+    result = resume_run(run_dir)             # continue from the newest valid checkpoint
+
+Python runs once per *chunk* of steps (sized to ~0.25 s), never per minibatch: the compiled
+`run_steps` does gather, forward, loss, backward and update for every step of the chunk. Chunks end
+on checkpoint boundaries. Everything that decides the next step — weights, optimizer state, global
+step, epoch, position in the epoch's permutation, the shuffling RNG state at the epoch's start,
+early-stopping state — is in each checkpoint, so a resumed run is bit-identical to an
+uninterrupted one.
+"""
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, TrainingFailed
+from .checkpoint import latest_valid, save_checkpoint
+from .config import Config, config_from_dict
+from .engine import Engine, OptimizerSpec
+from .model import Model
+from .prepare import Prepared, prepare
+from .schedule import lrs_for
+
+CHUNK_SECONDS = 0.25
+OPT_STATE_NAMES = {"sgd": ("optimizer.momentum_buffer",), "adam": ("optimizer.exp_avg", "optimizer.exp_avg_sq"),
+                   "adamw": ("optimizer.exp_avg", "optimizer.exp_avg_sq")}
+
+
+class Reporter:
+    """Progress callbacks; this base class is silent (the CLI draws bars or lines)."""
+
+    def start(self, run_dir: Path, epochs: int, steps_per_epoch: int, resumed: str | None): ...
+    def epoch_start(self, epoch: int, steps: int, done: int): ...
+    def advance(self, steps: int, loss: float, accuracy: float | None, samples_per_s: float): ...
+    def epoch_end(self, metrics: dict): ...
+    def note(self, text: str): ...
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: list[dict]
+    model: Model
+    stopped_early: bool = False
+
+
+@dataclass
+class State:
+    """Where a run is; JSON in every checkpoint."""
+
+    epoch: int = 0  # current epoch (0-based)
+    pos: int = 0  # rows of this epoch's permutation already trained on
+    step: int = 0  # global optimizer steps taken
+    epoch_rng: dict | None = None  # shuffling RNG state at the start of `epoch`
+    loss_sum: float = 0.0  # this epoch so far: sum over steps of batch loss * batch rows
+    correct: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+    best: float | None = None  # early stopping
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+
+
+def _metric_is_loss(monitor: str) -> bool:
+    return monitor.endswith("loss")
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, *, registry=None, reporter: Reporter | None = None,
+                 stop_requested=None):
+        from ..plugins.manager import get_registry
+        self.config, self.run_dir = config, Path(run_dir)
+        self.registry = registry or get_registry()
+        self.reporter = reporter or Reporter()
+        self.stop_requested = stop_requested or (lambda: None)
+        self._signal: int | None = None
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        c = self.config
+        self.prep: Prepared = prepare(c, self.registry)
+        m = self.prep.model
+        threads = int(os.environ.get("DELTAPROP_THREADS", "0") or 0) or c.training.threads
+        self.engine = Engine(m.sizes, m.activations, m.loss, m.dtype, self.registry, threads)
+        m._engine = self.engine
+        self.n_train = len(self.prep.train_idx)
+        self.batch = min(c.training.batch_size, self.n_train)
+        self.steps_per_epoch = math.ceil(self.n_train / self.batch)
+        self.total_steps = self.steps_per_epoch * c.training.epochs
+        o = c.optimizer
+        self.opt = OptimizerSpec(o.name, o.momentum, o.dampening, o.nesterov, o.resolved_weight_decay(),
+                                 tuple(o.betas), o.eps)
+        self.theta = m.theta
+        self.grad = np.zeros_like(self.theta)
+        self.opt_state = np.zeros((2, self.theta.size), self.theta.dtype)
+        self.best_theta: np.ndarray | None = None
+        self.state = State()
+
+    def _perm(self) -> np.ndarray:
+        rng = np.random.default_rng(self.config.training.seed)
+        rng.bit_generator.state = self.state.epoch_rng
+        if not self.config.training.shuffle:
+            return self.prep.train_idx
+        return self.prep.train_idx[rng.permutation(self.n_train)]
+
+    def _advance_rng(self) -> None:
+        """RNG state for the next epoch: the state after drawing this epoch's permutation."""
+        rng = np.random.default_rng(self.config.training.seed)
+        rng.bit_generator.state = self.state.epoch_rng
+        if self.config.training.shuffle:
+            rng.permutation(self.n_train)
+        self.state.epoch_rng = rng.bit_generator.state
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _save(self) -> Path:
+        m = self.prep.model
+        tensors = m.layer_tensors()
+        for i, name in enumerate(OPT_STATE_NAMES[self.opt.name]):
+            tensors[name] = self.opt_state[i]
+        if self.best_theta is not None:
+            tensors["early_stopping.best_theta"] = self.best_theta
+        meta = m.metadata() | {"kind": "checkpoint", "state": self.state.__dict__,
+                               "threads": self.engine.threads}
+        return save_checkpoint(self.run_dir / "checkpoints", self.state.step, tensors, meta,
+                               self.config.checkpoint.keep)
+
+    def _restore(self, tensors: dict, meta: dict, path: Path) -> None:
+        restored = Model.from_parts(tensors, meta, str(path))
+        if restored.sizes != self.prep.model.sizes:
+            raise CheckpointError(f"{path}: layer sizes {restored.sizes} do not match the run's config")
+        self.theta[:] = restored.theta
+        for i, name in enumerate(OPT_STATE_NAMES[self.opt.name]):
+            if name not in tensors:
+                raise CheckpointError(f"{path}: missing optimizer tensor {name}")
+            self.opt_state[i] = tensors[name]
+        if "early_stopping.best_theta" in tensors:
+            self.best_theta = tensors["early_stopping.best_theta"].astype(self.theta.dtype)
+        self.state = State(**meta["state"])
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def _eval(self, split, prefix: str) -> dict:
+        if split is None:
+            return {}
+        r = self.prep.model.evaluate(split.X, split.y, split.source)
+        r.pop("confusion", None)
+        r.pop("n", None)
+        return {f"{prefix}_{k}": v for k, v in r.items()}
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> RunResult:
+        self._setup()
+        resumed = None
+        if resume:
+            resumed = self._resume_point()
+        else:
+            self.state.epoch_rng = np.random.default_rng(self.config.training.seed).bit_generator.state
+        self._write_metrics_file()
+        self.reporter.start(self.run_dir, self.config.training.epochs, self.steps_per_epoch, resumed)
+        with self._signals():
+            stopped_early = self._loop()
+        return self._finish(stopped_early)
+
+    def _resume_point(self) -> str | None:
+        ckpt_dir = self.run_dir / "checkpoints"
+        if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.safetensors")):
+            self.state.epoch_rng = np.random.default_rng(self.config.training.seed).bit_generator.state
+            self.reporter.note("no checkpoint yet: starting the run from the beginning")
+            return None
+        path, tensors, meta, skipped = latest_valid(ckpt_dir)
+        for bad, why in skipped:
+            self.reporter.note(f"skipping unreadable checkpoint {bad.name}: {why}")
+        self._restore(tensors, meta, path)
+        return path.name
+
+    def _loop(self) -> bool:
+        c, st = self.config, self.state
+        every_steps = c.checkpoint.every_steps
+        while st.epoch < c.training.epochs and not st.finished:
+            perm = self._perm()
+            self.reporter.epoch_start(st.epoch, self.steps_per_epoch, st.pos // self.batch)
+            chunk = 8
+            while st.pos < self.n_train:
+                left = math.ceil((self.n_train - st.pos) / self.batch)
+                n = min(chunk, left)
+                if every_steps:
+                    n = min(n, every_steps - st.step % every_steps)
+                t0 = time.perf_counter()
+                lrs = lrs_for(st.step, n, c.optimizer.lr, self.steps_per_epoch, self.total_steps, c.schedule)
+                done, step_loss, step_correct = self.engine.run_steps(
+                    self.prep.X, self.prep.model.mean, self.prep.model.inv_std, self.prep.y, perm, st.pos, n,
+                    self.batch, self.theta, self.grad, self.opt, self.opt_state, lrs, st.step,
+                    seed=c.training.seed, dropout=c.model.dropout_rates() + [0.0],
+                    clip=c.training.clip_grad_norm)
+                dt = time.perf_counter() - t0
+                rows = np.minimum(self.batch, self.n_train - (st.pos + self.batch * np.arange(done)))
+                st.loss_sum += float((step_loss[:done] * rows).sum())
+                st.correct += int(step_correct[:done].sum())
+                st.seen += int(rows.sum())
+                st.pos += int(rows.sum())
+                st.step += done
+                st.train_seconds += dt
+                if done < n:
+                    raise TrainingFailed(
+                        f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: the loss or "
+                        f"gradient became NaN/Inf (learning rate {lrs[done]:.3g}). The last good checkpoint "
+                        f"in {self.run_dir / 'checkpoints'} is kept; lower optimizer.lr or set "
+                        "training.clip_grad_norm.")
+                acc = st.correct / st.seen if self.prep.model.loss == "cross_entropy" else None
+                self.reporter.advance(done, st.loss_sum / st.seen, acc, sum(rows) / max(dt, 1e-9))
+                chunk = max(1, min(4096, int(CHUNK_SECONDS / max(dt / done, 1e-7))))
+                if every_steps and st.step % every_steps == 0 and st.pos < self.n_train:
+                    self._save()
+                self._check_stop()
+            if self._end_epoch():
+                return True
+        return False
+
+    def _end_epoch(self) -> bool:
+        """Metrics, early stopping and the epoch checkpoint; True when stopping early."""
+        c, st = self.config, self.state
+        metrics = {"epoch": st.epoch + 1, "step": st.step, "loss": st.loss_sum / st.seen}
+        if self.prep.model.loss == "cross_entropy":
+            metrics["accuracy"] = st.correct / st.seen
+        metrics |= self._eval(self.prep.val, "val") | self._eval(self.prep.test, "test")
+        metrics["lr"] = float(lrs_for(st.step - 1, 1, c.optimizer.lr, self.steps_per_epoch,
+                                      self.total_steps, c.schedule)[0])
+        metrics["samples_per_s"] = st.seen / max(st.train_seconds, 1e-9)
+        st.history.append(metrics)
+        self._append_metrics(metrics)
+        self.reporter.epoch_end(metrics)
+        stop = self._early_stopping(metrics)
+        self._advance_rng()
+        st.epoch += 1
+        st.pos = st.seen = st.correct = 0
+        st.loss_sum = st.train_seconds = 0.0
+        st.finished = stop or st.epoch >= c.training.epochs
+        every = c.checkpoint.every_epochs
+        if st.finished or (every and st.epoch % every == 0) or (c.checkpoint.every_steps and
+                                                                st.step % c.checkpoint.every_steps == 0):
+            self._save()
+        self._check_stop()
+        return stop
+
+    def _early_stopping(self, metrics: dict) -> bool:
+        es, st = self.config.early_stopping, self.state
+        if not es.patience:
+            return False
+        key = es.monitor if es.monitor in metrics else es.monitor.replace("train_", "")
+        value = metrics[key]
+        lower = _metric_is_loss(es.monitor)
+        better = st.best is None or (value < st.best - es.min_delta if lower else value > st.best + es.min_delta)
+        if better:
+            st.best, st.best_epoch, st.bad_epochs = value, st.epoch + 1, 0
+            if es.restore_best:
+                self.best_theta = self.theta.copy()
+            return False
+        st.bad_epochs += 1
+        if st.bad_epochs >= es.patience:
+            self.reporter.note(f"early stopping after epoch {st.epoch + 1}: {es.monitor} has not improved "
+                               f"for {es.patience} epochs (best {st.best:.4g} at epoch {st.best_epoch})")
+            return True
+        return False
+
+    def _finish(self, stopped_early: bool) -> RunResult:
+        es = self.config.early_stopping
+        model = self.prep.model
+        if es.patience and es.restore_best and self.best_theta is not None:
+            model.theta = self.best_theta.copy()
+        model.save(self.run_dir / "model.safetensors")
+        return RunResult(self.run_dir, list(self.state.history), model, stopped_early)
+
+    # ---- metrics file ------------------------------------------------------------------------
+    def _write_metrics_file(self) -> None:
+        """metrics.jsonl = the history up to the restored checkpoint (rewritten atomically)."""
+        path = self.run_dir / "metrics.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.state.history))
+        os.replace(tmp, path)
+
+    def _append_metrics(self, metrics: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    # ---- stopping on signals and requests ----------------------------------------------------
+    def _check_stop(self) -> None:
+        reason = self.stop_requested()
+        if self._signal is not None:
+            reason = signal.Signals(self._signal).name
+        if reason:
+            path = self._save()
+            raise Interrupted(f"stopped by {reason} at epoch {self.state.epoch + 1}, step {self.state.step}; "
+                              f"checkpoint written to {path}. Continue with: deltaprop resume {self.run_dir}")
+
+    def _signals(self):
+        trainer = self
+
+        class _Handlers:
+            def __enter__(self):
+                self.old = {}
+                if threading.current_thread() is threading.main_thread():
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        self.old[sig] = signal.signal(sig, lambda s, f: setattr(trainer, "_signal", s))
+
+            def __exit__(self, *exc):
+                for sig, handler in self.old.items():
+                    signal.signal(sig, handler)
+
+        return _Handlers()
+
+
+class Interrupted(TrainingFailed):
+    """Stopped on a signal or request after writing a checkpoint."""
+
+
+def _prepare_run_dir(config: Config, run_dir: Path) -> None:
+    if run_dir.exists() and ((run_dir / "checkpoints").exists() or (run_dir / "model.safetensors").exists()):
+        raise ConfigError(f"run directory {run_dir} already holds a run: continue it with "
+                          f"`deltaprop resume {run_dir}` or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.toml.tmp"
+    tmp.write_text(config.to_toml())
+    os.replace(tmp, run_dir / "config.toml")
+
+
+def train_run(config: Config, run_dir: Path, **kwargs) -> RunResult:
+    """Start a new run in `run_dir` (which must not hold one already)."""
+    run_dir = Path(run_dir)
+    _prepare_run_dir(config, run_dir)
+    return Trainer(config, run_dir, **kwargs).run()
+
+
+def read_run_config(run_dir: Path) -> Config:
+    import tomllib
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: {path} is missing")
+    try:
+        return config_from_dict(tomllib.loads(path.read_text()), str(path))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def resume_run(run_dir: Path, **kwargs) -> RunResult:
+    """Continue a run from its newest valid checkpoint to the configured end."""
+    run_dir = Path(run_dir)
+    return Trainer(read_run_config(run_dir), run_dir, **kwargs).run(resume=True)

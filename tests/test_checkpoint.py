@@ -1,0 +1,347 @@
+"""Tests for deltaprop.service.checkpoint: round trip, interop, truncation, corruption, hostile
+headers, crash safety, pruning and fallback to the newest valid checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from deltaprop.errors import CheckpointError
+from deltaprop.service import checkpoint as ck
+from deltaprop.service.checkpoint import (
+    FORMAT,
+    checkpoint_name,
+    latest_valid,
+    list_checkpoints,
+    prune,
+    read_safetensors,
+    save_checkpoint,
+    write_safetensors,
+)
+
+META = {"config": {"layers": [784, 128, 10], "lr": 0.1}, "epoch": 3, "step": 1234,
+        "activations": [{"name": "relu", "version": "1.0"}], "rng": [1, 2, 3], "note": None}
+
+
+def _tensors():
+    rng = np.random.default_rng(0)
+    return {
+        "layers.0.weight": rng.standard_normal((5, 4)).astype(np.float32),
+        "layers.0.bias": rng.standard_normal(5).astype(np.float32),
+        "layers.1.weight": rng.standard_normal((3, 5)),
+        "optimizer.step": np.array([7, -1, 2**40], dtype=np.int64),
+        "optimizer.scalar": np.array(2.5),
+        "optimizer.empty": np.zeros((0, 3), dtype=np.float32),
+    }
+
+
+@pytest.fixture
+def good(tmp_path) -> Path:
+    p = tmp_path / "model.safetensors"
+    write_safetensors(p, _tensors(), META)
+    return p
+
+
+def _assert_same(got, want):
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v)
+        assert got[k].flags.writeable and got[k].dtype.isnative
+
+
+def test_round_trip(good):
+    tensors, meta = read_safetensors(good)
+    _assert_same(tensors, _tensors())
+    assert meta == META
+    tensors["layers.0.weight"][0, 0] = 42.0  # writable copies
+
+
+def test_big_endian_and_noncontiguous_inputs(tmp_path):
+    a = np.arange(12, dtype=">f8").reshape(3, 4)
+    t = {"a": a, "b": np.arange(20, dtype=np.int32).reshape(4, 5)[:, ::2]}
+    write_safetensors(tmp_path / "x.safetensors", t, {})
+    got, meta = read_safetensors(tmp_path / "x.safetensors")
+    assert meta == {} and got["a"].dtype == np.float64
+    np.testing.assert_array_equal(got["a"], a)
+    np.testing.assert_array_equal(got["b"], t["b"])
+
+
+def test_loads_with_safetensors_library(good):
+    loaded = safetensors.numpy.load_file(str(good))
+    want = _tensors()
+    assert set(loaded) == set(want)
+    for k, v in want.items():
+        assert loaded[k].shape == v.shape and loaded[k].dtype == v.dtype
+        np.testing.assert_array_equal(loaded[k], v)
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="numpy") as f:
+        md = f.metadata()
+    assert md["format"] == FORMAT and json.loads(md["deltaprop"]) == META
+    assert len(md["checksum"]) == 64
+
+
+def test_write_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        write_safetensors(tmp_path / "x.safetensors", {"a": np.array(["s"], dtype=object)}, {})
+    with pytest.raises(ValueError, match="name"):
+        write_safetensors(tmp_path / "x.safetensors", {"__metadata__": np.zeros(1)}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncation_at_every_header_offset_and_sampled_data(good, tmp_path):
+    blob = good.read_bytes()
+    header_end = 8 + struct.unpack("<Q", blob[:8])[0]
+    cuts = list(range(header_end + 1)) + list(range(header_end + 1, len(blob), 7)) + [len(blob) - 1]
+    p = tmp_path / "cut.safetensors"
+    for n in cuts:
+        p.write_bytes(blob[:n])
+        with pytest.raises(CheckpointError) as e:
+            read_safetensors(p)
+        assert str(p) in str(e.value), n
+    p.write_bytes(blob[:header_end + 3])
+    with pytest.raises(CheckpointError, match=r"is truncated: header says \d+ bytes of tensor data, file has 3"):
+        read_safetensors(p)
+
+
+def test_bit_flips_in_data_are_detected(good, tmp_path):
+    blob = good.read_bytes()
+    header_end = 8 + struct.unpack("<Q", blob[:8])[0]
+    p = tmp_path / "flip.safetensors"
+    for i in range(header_end, len(blob), 5):
+        for bit in (0, 7):
+            b = bytearray(blob)
+            b[i] ^= 1 << bit
+            p.write_bytes(bytes(b))
+            with pytest.raises(CheckpointError, match="checksum mismatch: the file is corrupted"):
+                read_safetensors(p)
+
+
+def test_bit_flips_in_header_are_detected(good, tmp_path):
+    blob = good.read_bytes()
+    header_end = 8 + struct.unpack("<Q", blob[:8])[0]
+    p = tmp_path / "flip.safetensors"
+    for i in range(header_end):
+        for bit in (0, 3, 7):
+            b = bytearray(blob)
+            b[i] ^= 1 << bit
+            p.write_bytes(bytes(b))
+            with pytest.raises(CheckpointError) as e:
+                read_safetensors(p)
+            assert str(p) in str(e.value)
+    # a digit inside the metadata JSON changes (still valid JSON): only the checksum catches it
+    i = blob.index(b"1234", 8, header_end)
+    p.write_bytes(blob[:i] + b"1235" + blob[i + 4:])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        read_safetensors(p)
+
+
+def test_trailing_garbage_rejected(good):
+    with open(good, "ab") as f:
+        f.write(b"junk")
+    with pytest.raises(CheckpointError, match="trailing bytes"):
+        read_safetensors(good)
+
+
+def _craft(path: Path, header, data: bytes = b"", raw_len: int | None = None) -> Path:
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h) if raw_len is None else raw_len) + h + data)
+    return path
+
+
+def _meta(**over):
+    m = {"format": FORMAT, "deltaprop": "{}", "checksum": "0" * 64}
+    m.update(over)
+    return m
+
+
+def _entry(dtype="F32", shape=(2,), offs=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offs)}
+
+
+HOSTILE = {
+    "huge_header_len": (b"{}", b"", 2**63, "over the 16 MiB limit"),
+    "huge_shape": ({"__metadata__": _meta(), "a": _entry(shape=[10**300] * 3000)}, b"\0" * 8, None,
+                   "2^64 bytes or more"),
+    "zero_dim_huge": ({"__metadata__": _meta(), "a": _entry(shape=[2**62, 0], offs=(0, 0))}, b"", None,
+                      "checksum mismatch"),
+    "header_len_past_eof": (b"{}", b"", 500, "is truncated: header length is 500"),
+    "not_json": (b"\x00\xffnot json", b"", None, "not valid UTF-8 JSON"),
+    "json_array": (b"[1, 2]", b"", None, "JSON list, not an object"),
+    "deep_nesting": (b"[" * 200000, b"", None, "not valid UTF-8 JSON"),
+    "duplicate_keys": (b'{"a": 1, "a": 2}', b"", None, "not valid UTF-8 JSON"),
+    "no_metadata": ({"a": _entry()}, b"\0" * 8, None, "no __metadata__"),
+    "metadata_not_strings": ({"__metadata__": {"format": 1}}, b"", None, "no __metadata__"),
+    "wrong_format": ({"__metadata__": _meta(format="other/9")}, b"", None, "format is 'other/9'"),
+    "offsets_out_of_range": ({"__metadata__": _meta(), "a": _entry(offs=(100, 108))}, b"\0" * 8, None,
+                             "is truncated: header says 108 bytes"),
+    "offsets_reversed": ({"__metadata__": _meta(), "a": _entry(offs=(8, 0))}, b"\0" * 8, None,
+                         "invalid data_offsets"),
+    "offsets_negative": ({"__metadata__": _meta(), "a": _entry(offs=(-8, 0))}, b"\0" * 8, None,
+                         "invalid data_offsets"),
+    "offsets_overlap": ({"__metadata__": _meta(), "a": _entry(offs=(0, 8)), "b": _entry(offs=(4, 12))},
+                        b"\0" * 12, None, "overlapping"),
+    "offsets_gap": ({"__metadata__": _meta(), "a": _entry(offs=(4, 12))}, b"\0" * 12, None, "gap"),
+    "shape_negative": ({"__metadata__": _meta(), "a": _entry(shape=(-2,))}, b"\0" * 8, None, "invalid shape"),
+    "shape_float": ({"__metadata__": _meta(), "a": _entry(shape=(2.0,))}, b"\0" * 8, None, "invalid shape"),
+    "shape_bool": ({"__metadata__": _meta(), "a": _entry(shape=(True,))}, b"\0" * 8, None, "invalid shape"),
+    "shape_not_list": ({"__metadata__": _meta(), "a": {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}},
+                       b"\0" * 8, None, "invalid shape"),
+    "size_mismatch": ({"__metadata__": _meta(), "a": _entry(shape=(3,))}, b"\0" * 8, None,
+                      "needs 12 bytes but its offsets span 8"),
+    "unknown_dtype": ({"__metadata__": _meta(), "a": _entry(dtype="C64")}, b"\0" * 8, None,
+                      "unsupported dtype 'C64'"),
+    "entry_not_object": ({"__metadata__": _meta(), "a": [1, 2]}, b"", None, "malformed header entry"),
+    "bad_checksum": ({"__metadata__": _meta(), "a": _entry()}, b"\0" * 8, None, "checksum mismatch"),
+    "no_checksum": ({"__metadata__": {"format": FORMAT, "deltaprop": "{}"}}, b"", None, "no checksum"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_files(tmp_path, case):
+    header, data, raw_len, msg = HOSTILE[case]
+    p = _craft(tmp_path / f"{case}.safetensors", header, data, raw_len)
+    with pytest.raises(CheckpointError) as e:
+        read_safetensors(p)
+    assert str(p) in str(e.value)
+    assert msg in str(e.value)
+
+
+def test_bad_deltaprop_metadata_with_valid_checksum(tmp_path):
+    p = tmp_path / "m.safetensors"
+    meta = {"format": FORMAT, "deltaprop": "[1]", "checksum": ck._checksum([], "[1]")}
+    p.write_bytes(safetensors.numpy.save({}, metadata=meta))
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        read_safetensors(p)
+
+
+@pytest.mark.parametrize("shape", [[1] * 100 + [0], [2**62, 0], [2**40, 2**40, 0]])
+def test_hostile_shape_with_valid_checksum(tmp_path, shape):
+    """The checksum is not a MAC: a crafted file can carry a matching one and must still fail cleanly."""
+    p = tmp_path / "s.safetensors"
+    mj = "{}"
+    meta = {"format": FORMAT, "deltaprop": mj, "checksum": ck._checksum([("a", "F32", shape, b"")], mj)}
+    _craft(p, {"__metadata__": meta, "a": _entry(shape=shape, offs=(0, 0))})
+    try:
+        tensors, _ = read_safetensors(p)
+    except CheckpointError as e:
+        assert str(p) in str(e)
+    else:
+        assert tensors["a"].size == 0
+
+
+@pytest.mark.parametrize("content", [None, b"", b"1234567"])
+def test_missing_or_tiny_file(tmp_path, content):
+    p = tmp_path / "f.safetensors"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(CheckpointError, match="does not exist" if content is None else "only"):
+        read_safetensors(p)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        read_safetensors(tmp_path)
+
+
+@pytest.mark.parametrize("victim", ["replace", "fsync", "write"])
+def test_crash_mid_write_keeps_previous_file(good, monkeypatch, victim):
+    before = good.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    if victim == "write":
+        monkeypatch.setattr(ck.safetensors.numpy, "save", lambda *a, **k: b"x" * 10)
+        real_fdopen = os.fdopen
+
+        class Half:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def write(self, b):
+                self.f.write(b[:3])
+                boom()
+
+        monkeypatch.setattr(ck.os, "fdopen", lambda fd, mode: Half(real_fdopen(fd, mode)))
+    else:
+        monkeypatch.setattr(ck.os, victim, boom)
+    with pytest.raises(CheckpointError, match="cannot write .*No space left"):
+        write_safetensors(good, {"a": np.ones(3)}, {"new": True})
+    monkeypatch.undo()
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in good.parent.iterdir()) == [good.name]
+    assert read_safetensors(good)[1] == META
+
+
+def test_keyboard_interrupt_mid_write_removes_temp(good, monkeypatch):
+    before = good.read_bytes()
+
+    def interrupt(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_safetensors(good, {"a": np.ones(3)}, {})
+    monkeypatch.undo()
+    assert good.read_bytes() == before
+    assert [p.name for p in good.parent.iterdir()] == [good.name]
+
+
+def test_names_listing_and_prune(tmp_path):
+    assert checkpoint_name(42) == "step-0000000042.safetensors"
+    with pytest.raises(ValueError):
+        checkpoint_name(-1)
+    d = tmp_path / "run" / "checkpoints"
+    assert list_checkpoints(d) == []
+    steps = [5, 100, 1, 20, 3]
+    for s in steps:
+        save_checkpoint(d, s, {"w": np.full(2, s, dtype=np.float32)}, {"step": s}, keep=10)
+    (d / ".step-0000000999.safetensors.abc.tmp").write_bytes(b"partial")
+    (d / "step-0000009999.safetensors.bak").write_bytes(b"x")
+    (d / "notes.txt").write_text("hi")
+    assert [p.name for p in list_checkpoints(d)] == [checkpoint_name(s) for s in sorted(steps)]
+    prune(d, 2)
+    assert [p.name for p in list_checkpoints(d)] == [checkpoint_name(20), checkpoint_name(100)]
+    assert (d / "notes.txt").exists() and (d / ".step-0000000999.safetensors.abc.tmp").exists()
+    with pytest.raises(ValueError):
+        prune(d, 0)
+    path = save_checkpoint(d, 200, {"w": np.zeros(2)}, {"step": 200}, keep=2)
+    assert path == d / checkpoint_name(200)
+    assert list_checkpoints(d) == [d / checkpoint_name(100), path]
+
+
+def test_latest_valid_falls_back_past_corrupt(tmp_path):
+    d = tmp_path / "ck"
+    for s in (1, 2, 3):
+        save_checkpoint(d, s, {"w": np.full(4, s, dtype=np.float64)}, {"step": s}, keep=5)
+    newest, middle = d / checkpoint_name(3), d / checkpoint_name(2)
+    newest.write_bytes(newest.read_bytes()[:-5])
+    b = bytearray(middle.read_bytes())
+    b[-1] ^= 0x10
+    middle.write_bytes(bytes(b))
+    path, tensors, meta, skipped = latest_valid(d)
+    assert path == d / checkpoint_name(1) and meta == {"step": 1}
+    np.testing.assert_array_equal(tensors["w"], np.full(4, 1.0))
+    assert [p for p, _ in skipped] == [newest, middle]
+    assert "truncated" in skipped[0][1] and "checksum mismatch" in skipped[1][1]
+
+
+def test_latest_valid_none_valid_or_empty(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        latest_valid(tmp_path / "missing")
+    p = tmp_path / checkpoint_name(7)
+    p.write_bytes(b"garbage!garbage!")
+    with pytest.raises(CheckpointError) as e:
+        latest_valid(tmp_path)
+    assert "no valid checkpoint" in str(e.value) and str(p) in str(e.value)
