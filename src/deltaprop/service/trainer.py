@@ -204,7 +204,8 @@ class Trainer:
                     clip=c.training.clip_grad_norm)
                 dt = time.perf_counter() - t0
                 rows = np.minimum(self.batch, self.n_train - (st.pos + self.batch * np.arange(done)))
-                st.loss_sum += float((step_loss[:done] * rows).sum())
+                for v in step_loss[:done] * rows:  # one step at a time: independent of chunking
+                    st.loss_sum += float(v)
                 st.correct += int(step_correct[:done].sum())
                 st.seen += int(rows.sum())
                 st.pos += int(rows.sum())

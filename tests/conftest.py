@@ -1,0 +1,65 @@
+"""Shared test setup: the NumPy oracle importable as `reference`, a persistent Numba cache, one
+plugin registry per session and cached `Engine`s (each new activation set costs a ~10 s compile
+the first time; later runs load it from the cache)."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+# Before anything imports numba (the Makefile sets the same directory).
+os.environ.setdefault("NUMBA_CACHE_DIR", str(TESTS.parent / ".cache" / "numba"))
+sys.path.insert(0, str(TESTS))
+
+import reference as ref  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """Builtins plus every installed entry-point plugin."""
+    from deltaprop.plugins.manager import load_registry
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def engine(registry):
+    """engine(sizes, activations, loss, dtype="float64", threads=2) -> a cached Engine."""
+    from deltaprop.service.engine import Engine
+    cache = {}
+
+    def make(sizes, activations, loss, dtype="float64", threads=2):
+        key = (tuple(sizes), tuple(activations), loss, np.dtype(dtype).name, threads)
+        if key not in cache:
+            cache[key] = Engine(list(sizes), list(activations), loss, dtype, registry, threads=threads)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ref_act(registry):
+    """ref_act(name) -> what reference.py takes for a registry activation: the builtin's name (the
+    oracle's own independent formulas), or for a plugin an (f, f') pair built from its jitted
+    scalar functions (z -> f'(z), whatever its derivative_of)."""
+    memo = {}
+
+    def resolve(name):
+        act = registry.activations[name]
+        if act.source == "deltaprop" and name in ref.ACTIVATIONS:
+            return name
+        if name not in memo:
+            f, d = act.forward, act.derivative
+            if act.derivative_of == "output":
+                def fp(z):
+                    return float(d(f(float(z))))
+            else:
+                def fp(z):
+                    return float(d(float(z)))
+            memo[name] = (np.vectorize(lambda z: float(f(float(z))), otypes=[np.float64]),
+                          np.vectorize(fp, otypes=[np.float64]))
+        return memo[name]
+
+    return resolve
