@@ -50,7 +50,13 @@ class Registry:
     def check(self, name: str) -> CheckResult:
         """The numerical derivative check of `name` (run once per process)."""
         if name not in self._checks:
-            self._checks[name] = check_derivative(self.get(name))
+            act = self.get(name)
+            try:
+                self._checks[name] = check_derivative(act)
+            except Exception as exc:  # not callable as f(x), fails to compile, raises...
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise PluginError(f"activation {name!r} (from {act.source} {act.version}) cannot be "
+                                  f"evaluated as a scalar function f(x): {type(exc).__name__}: {first}") from None
         return self._checks[name]
 
     def require_checked(self, name: str) -> Activation:
@@ -82,9 +88,9 @@ def _selected_entry_points():
     eps = list(metadata.entry_points(group="deltaprop"))
     wanted = os.environ.get("DELTAPROP_LOAD_PLUGINS")
     if wanted is None:
-        return eps
+        return eps, []
     names = {w.strip() for w in wanted.split(",") if w.strip()}
-    return [ep for ep in eps if ep.name in names]
+    return [ep for ep in eps if ep.name in names], sorted(names - {ep.name for ep in eps})
 
 
 def load_registry(extra: tuple = (), entry_points: bool = True) -> Registry:
@@ -93,9 +99,13 @@ def load_registry(extra: tuple = (), entry_points: bool = True) -> Registry:
     registry = Registry({}, [])
     candidates = [(BUILTIN_SOURCE, lambda: builtin, PluginInfo("builtin", BUILTIN_SOURCE, _own_version()))]
     if entry_points:
-        for ep in _selected_entry_points():
+        selected, missing = _selected_entry_points()
+        for ep in selected:
             source, version = _dist_of(ep)
             candidates.append((ep.name, ep.load, PluginInfo(ep.name, source, version)))
+        for name in missing:
+            registry.plugins.append(PluginInfo(name, "", "", "broken", "named in DELTAPROP_LOAD_PLUGINS, "
+                                                                       "but no such entry point is installed"))
     for name, module in extra:
         candidates.append((name, lambda m=module: m, PluginInfo(name, getattr(module, "__name__", name), "")))
     for name, load, info in candidates:
@@ -136,14 +146,15 @@ def _load_one(pm, registry: Registry, name: str, load, info: PluginInfo) -> None
         if act.name in registry.activations:
             other = registry.activations[act.name]
             problems.append(f"activation {act.name!r} is already registered by {other.source}")
-    if len({a.name for a in found if isinstance(a, Activation)}) < len(found):
+    names = [a.name for a in found if isinstance(a, Activation)]
+    if len(set(names)) < len(names):
         problems.append("registers the same name twice")
+    info.activations = [str(n) for n in names]
     if problems:
         info.status, info.reason = "broken", "; ".join(problems)
         return
     for act in found:
         registry.activations[act.name] = _with_source(act, info)
-        info.activations.append(act.name)
 
 
 def _with_source(act: Activation, info: PluginInfo) -> Activation:

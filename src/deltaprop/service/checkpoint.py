@@ -19,11 +19,11 @@ import hashlib
 import json
 import os
 import re
+import struct
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import safetensors.numpy
 
 from deltaprop.errors import CheckpointError
 
@@ -68,7 +68,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         entries.append((name, code, arrays[name].shape, arrays[name].tobytes()))
     meta_json = json.dumps(metadata, sort_keys=True)
     meta = {"format": FORMAT, "deltaprop": meta_json, "checksum": _checksum(entries, meta_json)}
-    blob = safetensors.numpy.save(arrays, metadata=meta)
+    blob = _serialize(entries, meta)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -87,6 +87,17 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _serialize(entries, meta: dict) -> bytes:
+    """The safetensors bytes, deterministically: tensors by name, header keys sorted, padded to 8."""
+    header, offset = {"__metadata__": meta}, 0
+    for name, code, shape, raw in sorted(entries):
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(raw for _, _, _, raw in sorted(entries))
 
 
 def _fsync_dir(directory: Path) -> None:
