@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, TrainingFailed
+from ..errors import CheckpointError, ConfigError, PluginError, TrainingFailed
 from .checkpoint import latest_valid, save_checkpoint
 from .config import Config, config_from_dict
 from .engine import Engine, OptimizerSpec
@@ -159,29 +159,36 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunResult:
+        found = self._newest_checkpoint() if resume else None
         self._setup()
-        resumed = None
-        if resume:
-            resumed = self._resume_point()
+        if found:
+            self._restore(*found)
         else:
+            if resume:
+                self.reporter.note("no checkpoint yet: starting the run from the beginning")
             self.state.epoch_rng = np.random.default_rng(self.config.training.seed).bit_generator.state
         self._write_metrics_file()
-        self.reporter.start(self.run_dir, self.config.training.epochs, self.steps_per_epoch, resumed)
+        self.reporter.start(self.run_dir, self.config.training.epochs, self.steps_per_epoch,
+                            found[2].name if found else None)
         with self._signals():
             stopped_early = self._loop()
         return self._finish(stopped_early)
 
-    def _resume_point(self) -> str | None:
+    def _newest_checkpoint(self):
+        """(tensors, meta, path) of the newest valid checkpoint, or None; checks its plugins."""
         ckpt_dir = self.run_dir / "checkpoints"
         if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.safetensors")):
-            self.state.epoch_rng = np.random.default_rng(self.config.training.seed).bit_generator.state
-            self.reporter.note("no checkpoint yet: starting the run from the beginning")
             return None
         path, tensors, meta, skipped = latest_valid(ckpt_dir)
         for bad, why in skipped:
             self.reporter.note(f"skipping unreadable checkpoint {bad.name}: {why}")
-        self._restore(tensors, meta, path)
-        return path.name
+        for name, info in meta.get("plugins", {}).items():
+            if name not in self.registry.activations:
+                raise PluginError(
+                    f"checkpoint {path} uses activation {name!r} from plugin {info.get('source')} "
+                    f"{info.get('version')}, which is not installed or failed to load "
+                    f"(`deltaprop plugins list` shows why); install it to resume this run")
+        return tensors, meta, path
 
     def _loop(self) -> bool:
         c, st = self.config, self.state
@@ -286,12 +293,12 @@ class Trainer:
         """metrics.jsonl = the history up to the restored checkpoint (rewritten atomically)."""
         path = self.run_dir / "metrics.jsonl"
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.state.history))
+        tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in self.state.history))
         os.replace(tmp, path)
 
     def _append_metrics(self, metrics: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(json.dumps(metrics, sort_keys=True) + "\n")
 
     # ---- stopping on signals and requests ----------------------------------------------------
     def _check_stop(self) -> None:
