@@ -1,0 +1,148 @@
+"""Training behaviour through the Python API: regression fit, early stopping, schedules, init,
+scaling, memory-mapped data, and the README's API example."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deltaprop
+from deltaprop.errors import ConfigError
+from deltaprop.service.config import ScheduleConfig
+from deltaprop.service.schedule import lr_at
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _config(train, **sections):
+    base = {"model": {"hidden": [32]}, "data": {"train": str(train), "test": ""},
+            "training": {"epochs": 3, "batch_size": 32}, "optimizer": {"name": "adam", "lr": 0.01}}
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return base
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cls")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 6)).astype(np.float32)
+    y = (X @ rng.normal(size=(6, 3))).argmax(1)
+    np.savez(d / "d.npz", X=X, y=y)
+    return d / "d.npz"
+
+
+def test_regression_fits_a_smooth_function(tmp_path):
+    """mse on y = sin(2x0) + 0.5 x1^2: the held-out mean squared error drops below 0.01
+    (the target's variance is about 0.75)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1.5, 1.5, size=(4000, 2))
+    y = np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] ** 2
+    np.savez(tmp_path / "train.npz", X=X[:3000], y=y[:3000])
+    np.savez(tmp_path / "test.npz", X=X[3000:], y=y[3000:])
+    cfg = _config(tmp_path / "train.npz", model={"hidden": [64, 64], "activation": "tanh"},
+                  data={"test": str(tmp_path / "test.npz")},
+                  training={"loss": "mse", "epochs": 60, "batch_size": 64, "dtype": "float64"},
+                  optimizer={"lr": 0.003}, schedule={"name": "cosine"})
+    run = deltaprop.train(cfg, run_dir=tmp_path / "run")
+    assert run.metrics[-1]["test_mse"] < 0.01, run.metrics[-1]
+    assert run.metrics[-1]["test_mse"] < run.metrics[0]["test_mse"] / 5
+    model = deltaprop.load_model(run.run_dir)
+    assert model.predict(X[3000:]).shape == (1000, 1)
+    assert model.evaluate(X[3000:], y[3000:])["mse"] == pytest.approx(run.metrics[-1]["test_mse"])
+
+
+def test_readme_api_example_runs(tmp_path, classes, monkeypatch):
+    """The README's Python API block, run against a small dataset instead of Fashion-MNIST."""
+    block = re.search(r"### Python API\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\nhidden = [16]\n[data]\ntrain = "{classes}"\ntest = "{classes}"\n'
+                   "[training]\nepochs = 3\nbatch_size = 32\n")
+    d = np.load(classes)
+    code = block.replace('"examples/fashion-mnist.toml"', repr(str(cfg))).replace('"runs/api"', repr(str(tmp_path / "api")))
+    namespace = {"X": d["X"], "y": d["y"]}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["proba"].shape == (600, 3)
+    assert (namespace["labels"] == namespace["proba"].argmax(1)).all()
+    assert namespace["run"].metrics[-1]["epoch"] == 2  # training__epochs=2 override
+
+
+def test_early_stopping_restores_best_weights(tmp_path, classes):
+    cfg = _config(classes, data={"validation_fraction": 0.25}, training={"epochs": 40},
+                  optimizer={"lr": 0.05}, early_stopping={"patience": 2, "monitor": "val_loss"})
+    run = deltaprop.train(cfg, run_dir=tmp_path / "run")
+    assert run.stopped_early and len(run.metrics) < 40
+    best = min(m["val_loss"] for m in run.metrics)
+    assert run.metrics[-1]["val_loss"] > best  # stopped after it got worse...
+    d = np.load(classes)
+    model = deltaprop.load_model(run.run_dir)
+    from deltaprop.service.prepare import prepare  # ...and the saved model is the best one
+    from deltaprop.plugins.manager import get_registry
+    from deltaprop.service.api import read_config
+    prep = prepare(read_config(cfg), get_registry())
+    assert model.evaluate(prep.val.X, prep.val.y)["loss"] == pytest.approx(best, rel=1e-5)
+    assert d["X"].shape[0] == 600
+
+
+def test_validation_split_is_deterministic(tmp_path, classes):
+    from deltaprop.plugins.manager import get_registry
+    from deltaprop.service.api import read_config
+    from deltaprop.service.prepare import prepare
+    cfg = read_config(_config(classes, data={"validation_fraction": 0.2}))
+    a, b = prepare(cfg, get_registry()), prepare(cfg, get_registry())
+    assert len(a.val.y) == 120 and len(a.train_idx) == 480
+    assert np.array_equal(a.train_idx, b.train_idx)
+    assert not set(a.train_idx) & set(np.setdiff1d(np.arange(600), a.train_idx)) 
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("constant", [1.0, 1.0, 1.0]),
+    ("step", [1.0, 0.1, 0.01]),
+    ("exponential", [1.0, 0.5, 0.25]),
+])
+def test_schedules(name, expect):
+    s = ScheduleConfig(name=name, step_epochs=1, gamma=0.1 if name == "step" else 0.5)
+    assert [lr_at(e * 10, 1.0, 10, 30, s) for e in range(3)] == pytest.approx(expect)
+
+
+def test_cosine_and_warmup():
+    s = ScheduleConfig(name="cosine", warmup_epochs=1.0, min_lr=0.1)
+    lrs = [lr_at(i, 1.0, 10, 100, s) for i in range(100)]
+    assert lrs[0] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + np.cos(0))))  # warm-up 1/10
+    assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 9 / 100)))
+    assert min(lrs) >= 0.1 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_init_from_safetensors_continues_training(tmp_path, classes):
+    first = deltaprop.train(_config(classes), run_dir=tmp_path / "a")
+    second = deltaprop.train(_config(classes, model={"init": str(first.run_dir / "model.safetensors")},
+                                     training={"epochs": 1}), run_dir=tmp_path / "b")
+    assert second.metrics[0]["loss"] < first.metrics[0]["loss"]
+    with pytest.raises(ConfigError, match="layer sizes"):
+        deltaprop.train(_config(classes, model={"hidden": [8], "init": str(first.run_dir / "model.safetensors")}),
+                        run_dir=tmp_path / "c")
+
+
+def test_standardize_stats_are_stored_and_reapplied(tmp_path, classes):
+    d = np.load(classes)
+    X = d["X"] * 100 + 7
+    np.savez(tmp_path / "shifted.npz", X=X, y=d["y"])
+    run = deltaprop.train(_config(tmp_path / "shifted.npz", data={"scale": "standardize"}), run_dir=tmp_path / "r")
+    model = deltaprop.load_model(run.run_dir)
+    assert model.scale == "standardize"
+    np.testing.assert_allclose(model.mean, X.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(1 / model.inv_std, X.std(0), rtol=1e-4)
+    meta = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert model.evaluate(X, d["y"])["accuracy"] == pytest.approx(meta["accuracy"], abs=0.05)
+    assert model.evaluate(X, d["y"])["accuracy"] > 0.8
+
+
+def test_memory_mapped_npy_trains(tmp_path, classes):
+    d = np.load(classes)
+    np.save(tmp_path / "big.npy", d["X"])
+    np.save(tmp_path / "big_y.npy", d["y"])
+    a = deltaprop.train(_config(tmp_path / "big.npy"), run_dir=tmp_path / "m")
+    b = deltaprop.train(_config(classes), run_dir=tmp_path / "n")
+    assert a.metrics[-1]["loss"] == b.metrics[-1]["loss"]  # same data, same result
