@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +160,10 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunResult:
+        with _run_dir_lock(self.run_dir):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> RunResult:
         found = self._newest_checkpoint() if resume else None
         self._setup()
         if found:
@@ -325,6 +330,21 @@ class Trainer:
                     signal.signal(sig, handler)
 
         return _Handlers()
+
+
+@contextmanager
+def _run_dir_lock(run_dir: Path):
+    """An exclusive lock on the run directory for the life of a training process."""
+    import fcntl
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"run directory {run_dir} is in use by another deltaprop process") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 class Interrupted(TrainingFailed):

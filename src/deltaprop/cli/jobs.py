@@ -1,0 +1,172 @@
+"""`deltaprop submit`, `worker`, `sweep` and the `jobs` group."""
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import console, handle_errors
+
+app = typer.Typer(help="The job queue: list, show, logs, cancel, retry.", no_args_is_help=True)
+
+STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim"}
+
+
+def _queue(create=False):
+    from ..service.queue import Queue
+    return Queue(create=create)
+
+
+def _submit(queue, config: Path, sets: list[str], name: str | None = None):
+    from ..service.api import read_config
+    cfg = read_config(config, sets)
+    return queue.submit(name or config.stem + ("[" + ",".join(sets) + "]" if sets else ""), cfg.to_toml())
+
+
+@handle_errors
+def submit(
+    config: Annotated[Path, typer.Argument(help="TOML config file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Job name (default: the config's name).")] = None,
+):
+    """Queue a training run; prints the job id."""
+    job = _submit(_queue(create=True), config, set_ or [], name)
+    print(job.id)
+
+
+@handle_errors
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Jobs at once; the cores are divided among them.")] = 1,
+    executor: Annotated[str, typer.Option(help="local (child processes) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (executor ray).")] = None,
+    until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when the queue is empty.")] = False,
+    lease_seconds: Annotated[float, typer.Option(help="Lease length; a dead worker's jobs return after it.")] = 30.0,
+):
+    """Run queued jobs until stopped (SIGTERM drains: running jobs checkpoint and are requeued)."""
+    from ..errors import DeltapropError
+    from ..service.runner import Worker
+    if executor not in ("local", "ray"):
+        raise DeltapropError(f"--executor {executor!r}: use local or ray")
+    ex = None
+    if executor == "ray":
+        from ..service.ray_executor import RayExecutor
+        ex = RayExecutor(address)
+    w = Worker(_queue(create=True), concurrency, ex, lease_s=lease_seconds,
+               heartbeat_s=max(0.2, min(2.0, lease_seconds / 5)), log=lambda m: console.print(m))
+    console.print(f"worker {w.id}: concurrency {w.concurrency}, {w.threads} thread(s) per job, executor {executor}")
+    w.run(until_empty=until_empty)
+
+
+@handle_errors
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Base TOML config.")],
+    grid: Annotated[list[str], typer.Option(help="section.key=v1,v2,... (repeat for a cartesian product).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fixed override for every point.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the jobs and print a leaderboard.")] = False,
+):
+    """Submit the cartesian product of --grid values as jobs."""
+    from ..service.sweep import grid_overrides
+    queue = _queue(create=True)
+    points = grid_overrides(grid)
+    from ..service.api import read_config
+    for point in points:  # validate every point before queuing any
+        read_config(config, (set_ or []) + point)
+    ids = [_submit(queue, config, (set_ or []) + point, f"{config.stem}[{','.join(point)}]").id for point in points]
+    console.print(f"submitted {len(ids)} jobs: {' '.join(map(str, ids))}")
+    if wait:
+        while any(queue.get(i).status in ("queued", "running") for i in ids):
+            time.sleep(1.0)
+        _leaderboard([queue.get(i) for i in ids])
+
+
+def _leaderboard(jobs) -> None:
+    from rich.table import Table
+
+    from ..service.sweep import leaderboard
+    rows = leaderboard(jobs)
+    metrics = [k for k in ("test_accuracy", "val_accuracy", "accuracy", "test_loss", "val_loss", "loss",
+                           "test_mse") if any(k in r for r in rows)]
+    table = Table("rank", "job", "name", "status", *metrics, title="leaderboard")
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), str(r["id"]), r["name"], r["status"],
+                      *[f"{r[k]:.4f}" if k in r else "" for k in metrics])
+    console.print(table)
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    status: Annotated[Optional[str], typer.Option(help="Only jobs in this state.")] = None,
+):
+    """All jobs, as a table."""
+    from ..errors import DeltapropError
+    from ..service.queue import STATES
+    if status and status not in STATES:
+        raise DeltapropError(f"--status {status!r}: use one of {', '.join(STATES)}")
+    jobs = _queue().list(status)
+    if json_:
+        print(json.dumps([j.__dict__ for j in jobs]))
+        return
+    from rich.table import Table
+    table = Table("id", "name", "status", "attempts", "created", "run dir", "error")
+    for j in jobs:
+        style = STATUS_STYLE[j.status]
+        table.add_row(str(j.id), j.name, f"[{style}]{j.status}[/]", f"{j.attempts}/{j.max_attempts}",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)), j.run_dir, j.error or "")
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def show(job_id: Annotated[int, typer.Argument(help="Job id.")]):
+    """One job: state, attempts, run directory, last metrics."""
+    job = _queue().get(job_id)
+    print(json.dumps(job.__dict__, indent=2))
+    metrics = Path(job.run_dir) / "metrics.jsonl"
+    if metrics.exists() and metrics.read_text().strip():
+        print("last epoch: " + metrics.read_text().strip().splitlines()[-1])
+
+
+@app.command()
+@handle_errors
+def logs(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+):
+    """The job's output (all attempts)."""
+    from ..errors import DeltapropError
+    queue = _queue()
+    job = queue.get(job_id)
+    if not Path(job.run_dir).is_dir():
+        raise DeltapropError(f"job {job_id}'s run directory {job.run_dir} is missing (moved or deleted)")
+    path = Path(job.run_dir) / "log.txt"
+    pos = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos += len(chunk)
+            print(chunk.decode(errors="replace"), end="", flush=True)
+        if not follow or queue.get(job_id).status not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+
+
+@app.command()
+@handle_errors
+def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]):
+    """Cancel a job (a running one stops at the next step boundary, checkpointing)."""
+    job = _queue().cancel(job_id)
+    console.print(f"job {job_id}: {'cancel requested' if job.status == 'running' else job.status}")
+
+
+@app.command()
+@handle_errors
+def retry(job_id: Annotated[int, typer.Argument(help="Job id.")]):
+    """Queue a failed or cancelled job again (it resumes from its newest checkpoint)."""
+    _queue().retry(job_id)
+    console.print(f"job {job_id}: queued")

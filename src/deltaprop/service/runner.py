@@ -1,0 +1,182 @@
+"""The worker: claims jobs from the queue and runs each in its own process (or Ray task).
+
+    Worker(queue, concurrency=2).run(until_empty=True)
+
+Each job runs as `deltaprop resume RUN_DIR` in a child process (its output appended to
+RUN_DIR/log.txt), so a crash in a plugin kills one job, not the worker; `resume` starts from the
+newest valid checkpoint, or from the beginning when there is none. The machine's cores are divided
+among the concurrent jobs (Numba threads per job; BLAS stays single-threaded), so concurrency
+never oversubscribes. The worker renews each job's lease by heartbeat; if a lease is lost (the
+queue gave the job to someone else) the job is killed. SIGTERM/SIGINT drain: running jobs get
+SIGTERM, checkpoint, and go back to the queue without spending an attempt.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from .engine import default_threads
+from .queue import Job, Queue
+
+LEASE_S = 30.0
+HEARTBEAT_S = 2.0
+
+
+def job_command(run_dir: str) -> list[str]:
+    return [sys.executable, "-m", "deltaprop.cli.main", "resume", run_dir]
+
+
+def job_env(threads: int) -> dict:
+    env = dict(os.environ, DELTAPROP_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass
+class Running:
+    job: Job
+    handle: object  # subprocess.Popen, or a Ray ObjectRef
+    cancelled: bool = False
+    lost: bool = False
+    draining: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class LocalExecutor:
+    """Each job in a child process on this machine."""
+
+    def start(self, job: Job, threads: int):
+        log = open(os.path.join(job.run_dir, "log.txt"), "ab")
+        log.write(f"--- attempt {job.attempts} on {socket.gethostname()} pid {os.getpid()} ---\n".encode())
+        log.flush()
+        proc = subprocess.Popen(job_command(job.run_dir), stdout=log, stderr=subprocess.STDOUT,
+                                env=job_env(threads), start_new_session=True, preexec_fn=_die_with_parent)
+        log.close()
+        return proc
+
+    def poll(self, handle) -> int | None:
+        return handle.poll()
+
+    def stop(self, handle, sig=signal.SIGTERM) -> None:
+        try:
+            handle.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, handle) -> None:
+        self.stop(handle, signal.SIGKILL)
+
+    def close(self) -> None:
+        pass
+
+
+class Worker:
+    def __init__(self, queue: Queue, concurrency: int = 1, executor=None, lease_s: float = LEASE_S,
+                 heartbeat_s: float = HEARTBEAT_S, log=print):
+        self.queue = queue
+        self.concurrency = max(1, concurrency)
+        self.executor = executor or LocalExecutor()
+        self.threads = max(1, default_threads() // self.concurrency)
+        self.lease_s, self.heartbeat_s = lease_s, heartbeat_s
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.running: dict[int, Running] = {}
+        self.draining = False
+        self.log = log
+
+    def _on_signal(self, signum, frame):
+        if not self.draining:
+            self.log(f"worker {self.id}: {signal.Signals(signum).name}: draining {len(self.running)} running job(s)")
+        self.draining = True
+
+    def run(self, until_empty: bool = False, poll_s: float = 0.5) -> None:
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self._loop(until_empty, poll_s)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            self.executor.close()
+
+    def _loop(self, until_empty: bool, poll_s: float) -> None:
+        last_beat = 0.0
+        while True:
+            if self.draining:
+                for r in self.running.values():
+                    if not r.draining:
+                        r.draining = True
+                        self.executor.stop(r.handle, signal.SIGTERM)
+            while not self.draining and len(self.running) < self.concurrency:
+                job = self.queue.claim(self.id, self.lease_s)
+                if job is None:
+                    break
+                self.log(f"job {job.id} ({job.name}): attempt {job.attempts}/{job.max_attempts}, "
+                         f"{self.threads} thread(s)")
+                self.running[job.id] = Running(job, self.executor.start(job, self.threads))
+            if time.monotonic() - last_beat >= self.heartbeat_s:
+                self._heartbeat()
+                last_beat = time.monotonic()
+            self._reap()
+            if not self.running and (self.draining or (until_empty and self.queue.pending() == 0)):
+                return
+            time.sleep(poll_s)
+
+    def _heartbeat(self) -> None:
+        for r in self.running.values():
+            ours, cancel = self.queue.heartbeat(r.job, self.lease_s)
+            if not ours and not r.lost:
+                r.lost = True
+                self.log(f"job {r.job.id}: lease lost to another worker; stopping attempt {r.job.attempts}")
+                self.executor.kill(r.handle)
+            elif cancel and not r.cancelled:
+                r.cancelled = True
+                self.executor.stop(r.handle, signal.SIGTERM)
+
+    def _reap(self) -> None:
+        for job_id, r in list(self.running.items()):
+            code = self.executor.poll(r.handle)
+            if code is None:
+                continue
+            del self.running[job_id]
+            if r.lost:
+                continue
+            if code == 0:
+                status, error = "succeeded", None
+            elif r.cancelled:
+                status, error = "cancelled", "cancelled by user"
+            elif r.draining:
+                self.queue.release(r.job)
+                self.log(f"job {job_id}: checkpointed and returned to the queue")
+                continue
+            else:
+                status, error = "failed", f"exit code {code}: {_tail(r.job.run_dir)}"
+            if self.queue.finish(r.job, status, error):
+                self.log(f"job {job_id}: {status}" + (f" ({error})" if error else ""))
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the worker dies (Linux), so no orphan keeps training."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _tail(run_dir: str, lines: int = 3) -> str:
+    try:
+        with open(os.path.join(run_dir, "log.txt"), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4000))
+            text = f.read().decode(errors="replace").strip().splitlines()
+        return " / ".join(text[-lines:])
+    except OSError:
+        return "no log"
