@@ -1,0 +1,70 @@
+"""Run claimed jobs as Ray tasks (`deltaprop worker --executor ray [--address ADDR]`).
+
+The SQLite queue stays the source of truth: the worker claims a job, then runs it as a Ray task
+with `num_cpus` = the job's threads. The task runs `deltaprop resume RUN_DIR` in a child process
+(a crash kills the child, not the Ray worker), so run directories must be on storage every node
+sees. A Ray worker killed mid-job fails the task; the job's attempt fails, goes back to the
+queue, and the next attempt resumes from the newest checkpoint. Cancel and drain reach the child
+as SIGTERM (through `ray.cancel`), so it checkpoints before it stops.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+
+from ..errors import DeltapropError
+from .runner import _die_with_parent, job_command, job_env
+
+
+def _run_job(run_dir: str, threads: int, attempt: int) -> int:
+    """Body of the Ray task: the job in a child process; SIGTERM to it if the task is cancelled."""
+    with open(os.path.join(run_dir, "log.txt"), "ab") as log:
+        log.write(f"--- attempt {attempt} on ray node {socket.gethostname()} pid {os.getpid()} ---\n".encode())
+        log.flush()
+        proc = subprocess.Popen(job_command(run_dir), stdout=log, stderr=subprocess.STDOUT,
+                                env=job_env(threads), preexec_fn=_die_with_parent)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # ray.cancel(): let the job checkpoint, then report how it ended
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait()
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise DeltapropError("--executor ray needs Ray: pip install 'deltaprop[ray]'") from None
+        self.ray = ray
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise DeltapropError(f"cannot connect to the Ray cluster at {address or 'auto'}: {exc}") from None
+        self.task = ray.remote(max_retries=0)(_run_job)
+
+    def start(self, job, threads: int):
+        return self.task.options(num_cpus=threads).remote(job.run_dir, threads, job.attempts)
+
+    def poll(self, ref) -> int | None:
+        ready, _ = self.ray.wait([ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            return int(self.ray.get(ref))
+        except self.ray.exceptions.TaskCancelledError:
+            return -int(signal.SIGTERM)
+        except self.ray.exceptions.RayError:  # the Ray worker died (killed, OOM, node lost)
+            return -int(signal.SIGKILL)
+
+    def stop(self, ref, sig=signal.SIGTERM) -> None:
+        self.ray.cancel(ref, force=False)
+
+    def kill(self, ref) -> None:
+        self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        self.ray.shutdown()
