@@ -360,7 +360,7 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def run_round(r, opts, *, samples, hidden, batches, status, times, log):
+def run_round(r, opts, *, samples, hidden, batches, status, times, losses, log):
     """One worker per system still ok, in an order rotated by round `r` (so drift and the
     machine's other load do not always hit the same system); seconds go into
     times[system][(hidden tuple, batch)], failures and skips into `status`."""
@@ -376,6 +376,7 @@ def run_round(r, opts, *, samples, hidden, batches, status, times, log):
         status[system].setdefault("info", out["info"])
         for res in out["results"]:
             times[system].setdefault((tuple(res["hidden"]), res["batch"]), []).extend(res["seconds"])
+            losses[system].setdefault((tuple(res["hidden"]), res["batch"]), res["loss"])
 
 
 def main_bench(opts, log) -> dict:
@@ -393,6 +394,7 @@ def main_bench(opts, log) -> dict:
     batches = ",".join(map(str, opts.batch_sizes))
     gemm_runs, gemm_threads = [], None
     times = {s: {} for s in SYSTEMS}
+    losses = {s: {} for s in SYSTEMS}
     for r in range(opts.repeats):
         log(f"round {r + 1}/{opts.repeats}: GEMM peak ...")
         g = call_worker("gemm", opts)
@@ -402,7 +404,7 @@ def main_bench(opts, log) -> dict:
         else:
             log(f"GEMM peak failed: {g.get('note')}")
         run_round(r, opts, samples=opts.samples, hidden=hidden, batches=batches, status=status,
-                  times=times, log=log)
+                  times=times, losses=losses, log=log)
     if status["deltaprop"]["status"] != "ok":
         raise SystemExit(f"deltaprop worker failed: {status['deltaprop'].get('note')}")
     peak = _median(gemm_runs)
@@ -426,7 +428,8 @@ def main_bench(opts, log) -> dict:
             targets["peak"] = {"target": PEAK_TARGET, "fraction": frac,
                                "met": None if frac is None else frac >= PEAK_TARGET}
         rows.append({"batch": b, "samples_per_s": sps, "runs_samples_per_s": runs, "ratios": ratios,
-                     "deltaprop_gflops": gflops, "peak_fraction": frac, "targets": targets})
+                     "deltaprop_gflops": gflops, "peak_fraction": frac, "targets": targets,
+                     "last_batch_loss": {s: losses[s].get(key) for s in SYSTEMS}})
     return {
         "config": {"sizes": sizes, "activation": "relu", "loss": "cross_entropy", "dtype": "float32",
                    "optimizer": f"sgd lr={LR} momentum=0", "samples": opts.samples,
