@@ -12,6 +12,9 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 # Before anything imports numba (the Makefile sets the same directory).
 os.environ.setdefault("NUMBA_CACHE_DIR", str(TESTS.parent / ".cache" / "numba"))
+# Before anything imports scipy: scikit-learn's array-API estimator check (test_sklearn.py) runs
+# instead of skipping itself.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 sys.path.insert(0, str(TESTS))
 
 import reference as ref  # noqa: E402

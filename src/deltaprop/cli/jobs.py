@@ -19,10 +19,15 @@ def _queue(create=False):
     return Queue(create=create)
 
 
-def _submit(queue, config: Path, sets: list[str], name: str | None = None):
+def _submit(queue, config: Path, sets: list[str], name: str | None = None, max_attempts: int = 3):
     from ..service.api import read_config
     cfg = read_config(config, sets)
-    return queue.submit(name or config.stem + ("[" + ",".join(sets) + "]" if sets else ""), cfg.to_toml())
+    return queue.submit(name or config.stem + ("[" + ",".join(sets) + "]" if sets else ""), cfg.to_toml(),
+                        max_attempts)
+
+
+MaxAttempts = Annotated[int, typer.Option(min=1, help="Attempts before a job is failed (a killed worker "
+                                                         "spends one attempt of each job it was running).")]
 
 
 @handle_errors
@@ -30,9 +35,10 @@ def submit(
     config: Annotated[Path, typer.Argument(help="TOML config file.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Job name (default: the config's name).")] = None,
+    max_attempts: MaxAttempts = 3,
 ):
     """Queue a training run; prints the job id."""
-    job = _submit(_queue(create=True), config, set_ or [], name)
+    job = _submit(_queue(create=True), config, set_ or [], name, max_attempts)
     print(job.id)
 
 
@@ -65,6 +71,7 @@ def sweep(
     grid: Annotated[list[str], typer.Option(help="section.key=v1,v2,... (repeat for a cartesian product).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fixed override for every point.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the jobs and print a leaderboard.")] = False,
+    max_attempts: MaxAttempts = 3,
 ):
     """Submit the cartesian product of --grid values as jobs."""
     from ..service.sweep import grid_overrides
@@ -73,7 +80,8 @@ def sweep(
     from ..service.api import read_config
     for point in points:  # validate every point before queuing any
         read_config(config, (set_ or []) + point)
-    ids = [_submit(queue, config, (set_ or []) + point, f"{config.stem}[{','.join(point)}]").id for point in points]
+    ids = [_submit(queue, config, (set_ or []) + point, f"{config.stem}[{','.join(point)}]", max_attempts).id
+           for point in points]
     console.print(f"submitted {len(ids)} jobs: {' '.join(map(str, ids))}")
     if wait:
         while any(queue.get(i).status in ("queued", "running") for i in ids):

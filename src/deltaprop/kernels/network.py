@@ -9,10 +9,11 @@ Layout (flat, C order):
   Z, A, D      for layer l a (cap, n_{l+1}) block at hoff[l]: pre-activation z, activation a, delta
   xb           (cap, n0) gathered and scaled minibatch; yb / tb its labels / targets
 
-Parallelism: every step is a few `prange(parts)` regions; in each, thread t computes its own slice
-of the output (a block of columns of z or delta, a block of rows of dW) with a single-threaded
-BLAS call and the fused elementwise work on that slice. Nothing is reduced across threads except
-the batch loss, which is summed row by row in order, so results are bit-identical run to run.
+Parallelism: every step is a few `prange` regions over fixed tiles of TILE output columns (of z
+or delta) or rows (of dW); a tile is one single-threaded BLAS call plus the fused elementwise
+work on it. Tiles never depend on the thread count, and nothing is reduced across threads except
+the batch loss (summed row by row in order) and the gradient norm (summed tile by tile in order),
+so results are bit-identical run to run and across thread counts.
 """
 
 import math
@@ -27,7 +28,9 @@ from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
 from deltaprop.kernels.optim import chunk, update
 
 CROSS_ENTROPY, MSE = 0, 1
-ALIGN = 16  # column blocks start on a multiple of 16 (SIMD-friendly GEMM splits)
+TILE = 64  # GEMM work is split into fixed tiles of 64 output columns (or dW rows), whatever the
+# thread count: each tile is the same BLAS call with 1 thread or 8, so results are bit-identical
+# across thread counts, not only run to run.
 
 # Generated per network and appended below by deltaprop.plugins.compile:
 #   act_block(k, Z, A, off, r0, r1, ncols, c0, c1, theta, boff): Z += b; A = f_k(Z)
@@ -74,14 +77,15 @@ def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb):
 
 
 @numba.njit(**PJIT)
-def forward(parts, nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A):
+def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A):
     """z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden layers when drop[l] > 0)."""
     L = sizes.size - 1
     for l in range(L):
         nin, nout = sizes[l], sizes[l + 1]
         src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
-        for t in prange(parts):
-            c0, c1 = chunk(nout, parts, t, ALIGN)
+        n_tiles = (nout + TILE - 1) // TILE
+        for tile in prange(n_tiles):
+            c0, c1 = tile * TILE, min(nout, (tile + 1) * TILE)
             if c1 > c0:
                 # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
                 gemm(False, True, nb, c1 - c0, nin, 1.0, src, soff, nin,
@@ -104,18 +108,19 @@ def loss_delta(parts, kind, nb, out_act, k, off, Z, A, D, yb, tb, rowloss, corre
 
 
 @numba.njit(**PJIT)
-def backward(parts, nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D,
-             sq, want_sq):
+def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D, sq):
     """dW_l = delta_l.T @ a_{l-1}, db_l = sum(delta_l), delta_{l-1} = (delta_l @ W_l) * f'(z_{l-1}).
 
-    sq[l, t] gets the squared norm of thread t's slice of layer l's gradient when want_sq.
+    sq[l, tile] gets the squared norm of that tile of layer l's gradient (clipping, NaN checks).
     """
     L = sizes.size - 1
     for l in range(L - 1, -1, -1):
         nin, nout = sizes[l], sizes[l + 1]
         src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
-        for t in prange(parts):
-            r0, r1 = chunk(nout, parts, t, ALIGN)
+        width = max(nout, nin) if l > 0 else nout
+        n_tiles = (width + TILE - 1) // TILE
+        for tile in prange(n_tiles):
+            r0, r1 = min(nout, tile * TILE), min(nout, (tile + 1) * TILE)
             if r1 > r0:
                 # (r1-r0, nin) = delta_l[:, r0:r1].T @ a_{l-1}
                 gemm(True, False, r1 - r0, nin, nb, 1.0, D, hoff[l] + r0, nout,
@@ -125,15 +130,14 @@ def backward(parts, nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, see
                     for i in range(nb):
                         s += D[hoff[l] + i * nout + j]
                     grad[boff[l] + j] = s
-                if want_sq:
-                    s = 0.0
-                    for i in range(woff[l] + r0 * nin, woff[l] + r1 * nin):
-                        s += grad[i] * grad[i]
-                    for j in range(r0, r1):
-                        s += grad[boff[l] + j] * grad[boff[l] + j]
-                    sq[l, t] = s
+                s = 0.0
+                for i in range(woff[l] + r0 * nin, woff[l] + r1 * nin):
+                    s += grad[i] * grad[i]
+                for j in range(r0, r1):
+                    s += grad[boff[l] + j] * grad[boff[l] + j]
+                sq[l, tile] = s
             if l > 0:
-                c0, c1 = chunk(nin, parts, t, ALIGN)
+                c0, c1 = min(nin, tile * TILE), min(nin, (tile + 1) * TILE)
                 if c1 > c0:
                     # (nb, c1-c0) = delta_l @ W_l[:, c0:c1]
                     gemm(False, False, nb, c1 - c0, nout, 1.0, D, hoff[l], nout,
@@ -162,7 +166,7 @@ def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap
         nb = min(cap, n - p0)
         step = step0 + s
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb)
-        forward(parts, nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A)
+        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A)
         loss_delta(parts, loss_kind, nb, act[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, rowloss, correct)
         total = 0.0
         hits = 0
@@ -173,13 +177,13 @@ def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap
         step_correct[s] = hits
         if not math.isfinite(total):
             return s
-        backward(parts, nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D,
-                 sq, clip > 0.0)
+        sq[:] = 0.0
+        backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D, sq)
+        norm = math.sqrt(sq.sum())  # a fixed order: layer by layer, tile by tile
+        if not math.isfinite(norm):
+            return s
         gscale = 1.0
         if clip > 0.0:
-            norm = math.sqrt(sq.sum())
-            if not math.isfinite(norm):
-                return s
             gscale = min(1.0, clip / (norm + 1e-6))
         update(parts, opt_kind, theta, grad, opt_state, lrs[s], gscale, hyper, step + 1)
     return n_steps
@@ -200,7 +204,7 @@ def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, l
     for p0 in range(0, n, cap):
         nb = min(cap, n - p0)
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f)
-        forward(parts, nb, xb, theta, sizes, woff, boff, hoff, act, drop, 0, 0, Z, A)
+        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, 0, 0, Z, A)
         for i in range(nb):
             r = hoff[L - 1] + i * k
             if loss_kind == CROSS_ENTROPY:

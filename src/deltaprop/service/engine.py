@@ -8,6 +8,7 @@ evaluation and the tests drive it. Parameters live in one flat vector (see kerne
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..plugins.manager import Registry
@@ -43,8 +44,6 @@ class Engine:
     last is the output activation: 'identity' for cross-entropy)."""
 
     def __init__(self, sizes, activations, loss, dtype, registry: Registry, threads: int = 0):
-        import numba
-
         from ..plugins.compile import network_kernels
 
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -98,7 +97,8 @@ class Engine:
             self.Z, self.A, self.D = (np.zeros(cap * width, dt) for _ in range(3))
             self.rowloss = np.zeros(cap, np.float64)
             self.correct = np.zeros(cap, np.int64)
-            self.sq = np.zeros((self.L, self.threads), np.float64)
+            from ..kernels.network import TILE
+            self.sq = np.zeros((self.L, int(self.sizes.max()) // TILE + 1), np.float64)
             self._cap = cap
 
     def _targets(self, y):
@@ -116,6 +116,9 @@ class Engine:
         self._buffers(batch_size)
         labels, targets = self._targets(y)
         drop = np.zeros(self.L) if dropout is None else np.asarray(dropout, np.float64)
+        if drop.shape != (self.L,) or not ((drop >= 0) & (drop < 1)).all():
+            raise ValueError(f"dropout needs {self.L} rates in [0, 1), got {drop}")
+        numba.set_num_threads(self.threads)  # per OS thread: another Engine may have changed it
         step_loss = np.zeros(n_steps)
         step_correct = np.zeros(n_steps, np.int64)
         done = self.kernels.run_steps(
@@ -141,6 +144,7 @@ class Engine:
     def predict(self, X, mean, inv_std, theta, batch_size=1024) -> np.ndarray:
         """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype."""
         self._buffers(batch_size)
+        numba.set_num_threads(self.threads)
         out = np.zeros((len(X), int(self.sizes[-1])), self.dtype)
         self.kernels.predict(self.threads, X, mean, inv_std, batch_size, self.sizes, self.woff,
                              self.boff, self.hoff, self.act_ids, theta, self.loss_kind,

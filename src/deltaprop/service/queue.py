@@ -84,8 +84,9 @@ class Queue:
     def _error(self, exc: Exception) -> QueueError:
         text = str(exc)
         if "locked" in text or "busy" in text:
-            return QueueError(f"the job queue {self.path} stayed locked for 60 s by another process; "
-                              "nothing was changed, try again")
+            timeout = self.db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+            return QueueError(f"the job queue {self.path} stayed locked for {timeout:g} s by another "
+                              "process; nothing was changed, try again")
         return QueueError(f"the job queue {self.path} is unreadable ({text}); it was not modified. "
                           "Move it aside to start a new queue.")
 
@@ -98,6 +99,9 @@ class Queue:
             raise self._error(exc) from None
         try:
             yield self.db
+        except sqlite3.DatabaseError as exc:
+            self.db.execute("ROLLBACK")
+            raise self._error(exc) from None
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -118,8 +122,7 @@ class Queue:
             cur = db.execute("INSERT INTO jobs (name, status, run_dir, max_attempts, created_at) "
                              "VALUES (?, 'queued', '', ?, ?)", (name, max_attempts, time.time()))
             job_id = cur.lastrowid
-            run_dir = (self.home / "runs" / f"job-{job_id:06d}").resolve()
-            run_dir.mkdir(parents=True, exist_ok=False)
+            run_dir = _new_dir(self.home / "runs", f"job-{job_id:06d}")
             tmp = run_dir / ".config.toml.tmp"
             tmp.write_text(config_toml)
             os.replace(tmp, run_dir / "config.toml")
@@ -168,15 +171,17 @@ class Queue:
 
     # ---- workers -----------------------------------------------------------------------------
     def claim(self, worker: str, lease_s: float) -> Job | None:
-        """Requeue expired leases, then take the oldest queued job (or None)."""
+        """Requeue other workers' expired leases, then take the oldest queued job (or None).
+        (A worker's own jobs are never requeued by its claims: a stalled worker that wakes up
+        renews them by heartbeat instead of racing itself.)"""
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL, "
-                       "error='lease expired (worker lost)' "
-                       "WHERE status='running' AND lease_until < ? AND attempts < max_attempts", (now,))
+                       "error='lease expired (worker lost)' WHERE status='running' AND lease_until < ? "
+                       "AND attempts < max_attempts AND worker IS NOT ?", (now, worker))
             db.execute("UPDATE jobs SET status='failed', finished_at=?, "
                        "error='lease expired (worker lost) on the last allowed attempt' "
-                       "WHERE status='running' AND lease_until < ?", (now, now))
+                       "WHERE status='running' AND lease_until < ? AND worker IS NOT ?", (now, now, worker))
             row = db.execute("SELECT id FROM jobs WHERE status='queued' ORDER BY id LIMIT 1").fetchone()
             if row is None:
                 return None
@@ -213,5 +218,21 @@ class Queue:
         return cur.rowcount == 1
 
     def pending(self) -> int:
-        row = self.db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued','running')").fetchone()
+        try:
+            row = self.db.execute("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued','running')").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
         return int(row["n"])
+
+
+def _new_dir(parent: Path, name: str) -> Path:
+    """parent/name, or parent/name-2, -3... if a directory of that name is left from an old queue."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = (parent / (name if n == 1 else f"{name}-{n}")).resolve()
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise QueueError(f"cannot create a run directory for {name} under {parent}")

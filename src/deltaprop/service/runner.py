@@ -114,6 +114,9 @@ class Worker:
                     if not r.draining:
                         r.draining = True
                         self.executor.stop(r.handle, signal.SIGTERM)
+            if time.monotonic() - last_beat >= self.heartbeat_s:  # renew before claiming anything
+                self._heartbeat()
+                last_beat = time.monotonic()
             while not self.draining and len(self.running) < self.concurrency:
                 job = self.queue.claim(self.id, self.lease_s)
                 if job is None:
@@ -121,9 +124,6 @@ class Worker:
                 self.log(f"job {job.id} ({job.name}): attempt {job.attempts}/{job.max_attempts}, "
                          f"{self.threads} thread(s)")
                 self.running[job.id] = Running(job, self.executor.start(job, self.threads))
-            if time.monotonic() - last_beat >= self.heartbeat_s:
-                self._heartbeat()
-                last_beat = time.monotonic()
             self._reap()
             if not self.running and (self.draining or (until_empty and self.queue.pending() == 0)):
                 return
@@ -159,7 +159,9 @@ class Worker:
             else:
                 status, error = "failed", f"exit code {code}: {_tail(r.job.run_dir)}"
             if self.queue.finish(r.job, status, error):
-                self.log(f"job {job_id}: {status}" + (f" ({error})" if error else ""))
+                now = self.queue.get(job_id).status
+                self.log(f"job {job_id}: {now if now != 'queued' else 'attempt failed, requeued'}"
+                         + (f" ({error})" if error else ""))
 
 
 def _die_with_parent() -> None:
@@ -168,7 +170,9 @@ def _die_with_parent() -> None:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return
+    if os.getppid() == 1:  # the worker died between fork and prctl
+        os._exit(1)
 
 
 def _tail(run_dir: str, lines: int = 3) -> str:

@@ -1,0 +1,485 @@
+"""The worker (service/runner.py) through real `deltaprop` processes and real signals.
+
+Every job here is a small synthetic classification run (3000 x 32 float32, 4 classes, batch 16,
+dropout, gradient clipping, a cosine schedule, a checkpoint every 20 steps), so a job takes a few
+seconds. Its final weights are compared, byte for byte, with the same config trained directly by
+`deltaprop train`:
+
+- SHORT jobs (2 epochs, hidden [160, 64]: layers of several GEMM tiles) against a direct train with
+  the machine's default thread count, while the worker (concurrency 2) gives each job half the
+  cores: the kernels are meant to be thread-count independent.
+- LONG jobs (16 epochs, hidden [64], long enough to be caught mid-training) are killed, cancelled
+  and drained; they are compared with a direct train at the worker's per-job thread count, so
+  these tests check resume exactness only.
+"""
+
+import fcntl
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deltaprop.service.api import read_config
+from deltaprop.service.checkpoint import list_checkpoints, read_safetensors
+from deltaprop.service.queue import Queue
+from fixtures.cli import NUMBA_CACHE_DIR, assert_exit, cli
+
+DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))
+CORES = len(os.sched_getaffinity(0))
+JOB_THREADS = max(1, CORES // 2)  # what `worker --concurrency 2` gives each job
+SHORT, LONG = 2, 16  # epochs
+HIDDEN = {SHORT: "[160, 64]", LONG: "[64]"}
+
+CONFIG = """
+[model]
+hidden = {hidden}
+activation = "tanh"
+dropout = 0.1
+[data]
+train = "{data}"
+test = ""
+validation_fraction = 0.1
+[training]
+epochs = {epochs}
+batch_size = 16
+seed = {seed}
+clip_grad_norm = 1.0
+[optimizer]
+name = "adamw"
+lr = 0.002
+[schedule]
+name = "cosine"
+warmup_epochs = 0.5
+[checkpoint]
+every_epochs = 1
+every_steps = 20
+keep = 2
+"""
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+def _env(home: Path | None = None, threads: int | None = None, **extra) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=NUMBA_CACHE_DIR, PYTHONUNBUFFERED="1")
+    for key in ("DELTAPROP_THREADS", "NUMBA_NUM_THREADS", "DELTAPROP_LOAD_PLUGINS"):
+        env.pop(key, None)
+    if home is not None:
+        env["DELTAPROP_HOME"] = str(home)
+    if threads is not None:
+        env["DELTAPROP_THREADS"] = env["NUMBA_NUM_THREADS"] = str(threads)
+    env.update(extra)
+    return env
+
+
+def _run(*args, env, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([DELTAPROP, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Worker:
+    """A `deltaprop worker` process whose output goes to a file (so a SIGKILL loses none of it)."""
+
+    started: list = []  # every worker of the current test, killed at its end if still running
+
+    def __init__(self, home: Path, log: Path, *args, **extra_env):
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([DELTAPROP, "worker", *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
+                                         env=_env(home, **extra_env))
+        Worker.started.append(self)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout=240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"worker still running after {timeout} s:\n{self.output()}") from None
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.02, proc: Worker | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"worker exited ({proc.proc.returncode}) while waiting for {what}:\n{proc.output()}")
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _checkpoints(run_dir) -> list[Path]:
+    return list_checkpoints(Path(run_dir) / "checkpoints")
+
+
+def _weights(path: Path) -> dict:
+    return {k: v.tobytes() for k, v in read_safetensors(path)[0].items()}
+
+
+def _metrics(run_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+
+def _assert_same_run(run_dir, reference: Path, epochs: int) -> None:
+    """Final weights byte-identical to the direct train, and each epoch's metrics exactly once."""
+    run_dir = Path(run_dir)
+    got, want = _weights(run_dir / "model.safetensors"), _weights(reference / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name] == want[name], f"{run_dir}: tensor {name} differs from the direct train {reference}"
+    metrics = _metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1)), f"{run_dir}: duplicated or missing epochs"
+    assert metrics == _metrics(reference)
+
+
+def _unlocked(run_dirs) -> bool:
+    """No process holds any of these run directories' locks (no orphaned job process)."""
+    for run_dir in run_dirs:
+        lock = Path(run_dir) / ".lock"
+        if not lock.exists():
+            continue
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # also releases the lock
+    return True
+
+
+def _job_pid(worker: Worker, run_dir) -> int | None:
+    """The pid of the worker's child process running `resume RUN_DIR`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == worker.proc.pid and str(run_dir).encode() in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """SIGTERM was sent to the (stopped) process and waits for it to continue."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return True
+    return False
+
+
+def _pause_job(worker: Worker, run_dir) -> int:
+    """Wait for the job's first checkpoint, then SIGSTOP its process: a paused job cannot reach its
+    end before a cancel or drain request gets to it, however slow the machine is."""
+    _wait_for(lambda: _checkpoints(run_dir), 120, f"a checkpoint in {run_dir}", poll=0.01, proc=worker)
+    pid = _wait_for(lambda: _job_pid(worker, run_dir), 30, f"the job process of {run_dir}", proc=worker)
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def _submit(home: Path, config: Path, name: str) -> int:
+    result = _run("submit", config, "--name", name, env=_env(home), timeout=120)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+# ---- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _no_stray_workers():
+    """A failing test leaves no worker behind (its job processes die with it: PR_SET_PDEATHSIG)."""
+    yield
+    while Worker.started:
+        w = Worker.started.pop()
+        if w.proc.poll() is None:
+            w.kill()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 32)).astype(np.float32)
+    y = (X @ rng.normal(size=(32, 4))).argmax(1)
+    np.savez(d / "d.npz", X=X, y=y)
+    return d / "d.npz"
+
+
+@pytest.fixture(scope="module")
+def configs(data, tmp_path_factory):
+    """configs(seed, epochs) -> the path of that config file."""
+    d = tmp_path_factory.mktemp("configs")
+
+    def make(seed: int, epochs: int) -> Path:
+        path = d / f"s{seed}-e{epochs}.toml"
+        if not path.exists():
+            path.write_text(CONFIG.format(data=data, seed=seed, epochs=epochs, hidden=HIDDEN[epochs]))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def refs(configs, tmp_path_factory):
+    """refs(seed, epochs, threads=None) -> run dir of `deltaprop train` of that config (trained once
+    per module; threads None: the machine's default). `refs.prepare(keys)` trains several at once."""
+    root = tmp_path_factory.mktemp("refs")
+    done: dict = {}
+
+    def _dir(seed, epochs, threads):
+        return root / f"s{seed}-e{epochs}-t{threads or 'default'}"
+
+    def prepare(keys):
+        keys = [k for k in keys if k not in done]
+        running = []
+        for key in keys + [None]:
+            # at most CORES threads busy at a time
+            while running and (key is None or sum(k[2] or CORES for k, _ in running) + (key[2] or CORES) > CORES):
+                k, proc = running.pop(0)
+                out, err = proc.communicate(timeout=300)
+                assert proc.returncode == 0, f"direct train {k} failed:\n{out}\n{err}"
+                done[k] = _dir(*k)
+            if key is not None:
+                seed, epochs, threads = key
+                proc = subprocess.Popen([DELTAPROP, "train", str(configs(seed, epochs)), "--run-dir",
+                                         str(_dir(*key))], env=_env(root / "home", threads), text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                running.append((key, proc))
+
+    def get(seed, epochs, threads=None):
+        prepare([(seed, epochs, threads)])
+        return done[(seed, epochs, threads)]
+
+    get.prepare = prepare
+    return get
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+@pytest.mark.fault
+def test_worker_runs_every_job_like_a_direct_train(tmp_path, configs, refs):
+    """`deltaprop worker --concurrency 2 --until-empty`: all jobs succeed, each with the weights of
+    `deltaprop train` of the same config, although the job ran with half the threads."""
+    home = tmp_path / "home"
+    seeds = (11, 12, 13)
+    ids = [_submit(home, configs(s, SHORT), f"e2e-{s}") for s in seeds]
+    assert ids == [1, 2, 3]
+    worker = Worker(home, tmp_path / "worker.log", "--concurrency", "2", "--until-empty")
+    assert worker.wait() == 0, worker.output()
+    refs.prepare([(s, SHORT, None) for s in seeds])  # after: 2-thread runs are slow on a busy machine
+    out = worker.output()
+    assert f"concurrency 2, {JOB_THREADS} thread(s) per job" in out and "Traceback" not in out
+    q = Queue(home, create=False)
+    for job_id, seed in zip(ids, seeds):
+        job = q.get(job_id)
+        assert (job.status, job.attempts, job.error) == ("succeeded", 1, None), job
+        assert len(re.findall(rf"^job {job_id}: succeeded", out, re.M)) == 1
+        reference = refs(seed, SHORT)
+        job_threads = read_safetensors(_checkpoints(job.run_dir)[-1])[1]["threads"]
+        ref_threads = read_safetensors(_checkpoints(reference)[-1])[1]["threads"]
+        assert (job_threads, ref_threads) == (JOB_THREADS, CORES)
+        _assert_same_run(job.run_dir, reference, SHORT)
+        logs = _run("jobs", "logs", job_id, env=_env(home), timeout=60)
+        assert logs.returncode == 0 and "--- attempt 1 on" in logs.stdout and "done:" in logs.stdout
+    q.close()
+
+
+# ---- THE fault test ---------------------------------------------------------------------------------------
+@pytest.mark.fault
+def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, configs, refs):
+    """Four jobs; `worker --concurrency 2 --lease-seconds 3` SIGKILLed at random moments, four times,
+    each time a new worker after it; then one with --until-empty. Every job succeeds exactly once,
+    with the weights of an uninterrupted direct train."""
+    home = tmp_path / "home"
+    seeds = (1, 2, 3, 4)
+    q = Queue(home)
+    # Each kill spends an attempt of the jobs it interrupts (their leases expire): allow enough.
+    # (`deltaprop submit` has no --max-attempts; this is what it does, with a larger limit.)
+    jobs = [q.submit(f"fault-{s}", read_config(configs(s, LONG)).to_toml(), max_attempts=20) for s in seeds]
+    run_dirs = [j.run_dir for j in jobs]
+    refs.prepare([(s, LONG, JOB_THREADS) for s in seeds])
+
+    def snapshot() -> set:
+        return {p for d in run_dirs for p in _checkpoints(d)}
+
+    def all_done() -> bool:
+        return all(j.status == "succeeded" for j in q.list())
+
+    rng = random.Random(20240611)
+    workers, kills, target = [], 0, 4
+    while kills < target and not all_done():
+        seen = snapshot()
+        w = Worker(home, tmp_path / f"worker{len(workers)}.log", "--concurrency", "2", "--lease-seconds", "3")
+        workers.append(w)
+        # wait for this worker's progress: a checkpoint written during its life (the first time: any)
+        _wait_for(lambda: (snapshot() - seen) or all_done(), 120, "a new checkpoint", proc=w)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if w.proc.poll() is not None:
+            raise AssertionError(f"worker died on its own:\n{w.output()}")
+        w.kill()
+        kills += 1
+        # the worker's job processes die with it (PR_SET_PDEATHSIG) and release their run dirs
+        _wait_for(lambda: _unlocked(run_dirs), 30, "the killed worker's job processes to exit")
+    assert kills >= 3, f"only {kills} kills before all jobs were done: make the jobs longer"
+
+    final = Worker(home, tmp_path / f"worker{len(workers)}.log", "--concurrency", "2", "--lease-seconds", "3",
+                   "--until-empty")
+    workers.append(final)
+    assert final.wait(timeout=300) == 0, final.output()
+    outputs = "".join(w.output() for w in workers)
+    assert "Traceback" not in outputs
+
+    lost = dup = 0
+    resumed_from_checkpoint = 0
+    for job, seed in zip(jobs, seeds):
+        job = q.get(job.id)
+        completions = len(re.findall(rf"^job {job.id}: succeeded", outputs, re.M))
+        lost += job.status != "succeeded" or completions == 0
+        dup += max(0, completions - 1)
+        assert (job.status, job.error, job.worker) == ("succeeded", None, None), job
+        assert completions == 1, f"job {job.id} recorded as succeeded {completions} times"
+        _assert_same_run(job.run_dir, refs(seed, LONG, JOB_THREADS), LONG)
+        log = Path(job.run_dir, "log.txt").read_text()
+        assert 1 <= log.count("--- attempt ") <= job.attempts
+        resumed_from_checkpoint += "resuming from step-" in log
+    summary = f"jobs lost {lost}, duplicated completions {dup}"
+    print(f"\n{summary} ({kills} SIGKILLs, {len(jobs)} jobs, {resumed_from_checkpoint} resumed from a checkpoint)")
+    assert summary == "jobs lost 0, duplicated completions 0"
+    assert resumed_from_checkpoint >= 1
+    assert sum(q.get(j.id).attempts for j in jobs) > len(jobs)  # kills did interrupt attempts
+    q.close()
+
+
+# ---- a job that crashes its process -----------------------------------------------------------------------
+CRASH_HOOK = """
+import os, signal, sys
+# In the job process `python -m deltaprop.cli.main resume RUN_DIR` only (argv is ['-m', 'resume', RUN_DIR]
+# while site runs): die the way a broken native extension would.
+if sys.argv[-2:] == ["resume", os.environ.get("CRASH_RUN_DIR")]:
+    os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+@pytest.mark.fault
+def test_crashing_jobs_fail_after_max_attempts_and_the_worker_lives_on(tmp_path, configs, refs):
+    home = tmp_path / "home"
+    bad_config = _submit(home, configs(11, SHORT), "bad-config")
+    segfault = _submit(home, configs(11, SHORT), "segfault")
+    good = _submit(home, configs(11, SHORT), "good")
+    q = Queue(home, create=False)
+    Path(q.get(bad_config).run_dir, "config.toml").write_text("[training\nepochs = \n")  # broken after submit
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(CRASH_HOOK)
+    pythonpath = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    worker = Worker(home, tmp_path / "worker.log", "--concurrency", "2", "--until-empty",
+                    PYTHONPATH=pythonpath, CRASH_RUN_DIR=q.get(segfault).run_dir)
+    assert worker.wait() == 0, worker.output()
+    out = worker.output()
+    assert "Traceback" not in out
+
+    job = q.get(bad_config)
+    assert (job.status, job.attempts, job.max_attempts) == ("failed", 3, 3)
+    assert job.error.startswith("exit code 2: ") and "config.toml is not valid TOML" in job.error
+    assert job.finished_at is not None and job.worker is None
+    job = q.get(segfault)
+    assert (job.status, job.attempts) == ("failed", 3)
+    assert job.error.startswith(f"exit code -{int(signal.SIGSEGV)}")
+    assert Path(job.run_dir, "log.txt").read_text().count("--- attempt ") == 3
+    job = q.get(good)
+    assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
+    _assert_same_run(job.run_dir, refs(11, SHORT), SHORT)
+    result = _run("jobs", "show", bad_config, env=_env(home), timeout=60)
+    assert result.returncode == 0 and '"status": "failed"' in result.stdout and "not valid TOML" in result.stdout
+    q.close()
+
+
+# ---- cancel, then retry ---------------------------------------------------------------------------------------
+@pytest.mark.fault
+def test_cancel_a_running_job_then_retry_is_bit_exact(tmp_path, configs, refs, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("DELTAPROP_HOME", str(home))
+    job_id = _submit(home, configs(1, LONG), "cancel-me")
+    q = Queue(home, create=False)
+    run_dir = q.get(job_id).run_dir
+    worker = Worker(home, tmp_path / "worker1.log", "--concurrency", "2", "--lease-seconds", "3", "--until-empty")
+    pid = _pause_job(worker, run_dir)
+    result = cli("jobs", "cancel", job_id)
+    assert_exit(result, 0)
+    assert f"job {job_id}: cancel requested" in result.output
+    # the worker's heartbeat sees the request and sends the job SIGTERM; then let the job go on
+    _wait_for(lambda: _sigterm_pending(pid), 60, "the worker to pass the cancel on", proc=worker)
+    os.kill(pid, signal.SIGCONT)
+    assert worker.wait() == 0, worker.output()  # --until-empty: a cancelled job is not pending
+    job = q.get(job_id)
+    assert (job.status, job.error, job.attempts) == ("cancelled", "cancelled by user", 1), worker.output()
+    assert f"job {job_id}: cancelled" in worker.output()
+    assert _checkpoints(run_dir), "a cancelled job keeps a checkpoint"
+    assert not Path(run_dir, "model.safetensors").exists(), "the job was not stopped before its end"
+    log = Path(run_dir, "log.txt").read_text()
+    assert "stopped by SIGTERM" in log and "checkpoint written" in log
+    assert len(_metrics(run_dir)) < LONG
+
+    result = cli("jobs", "retry", job_id)
+    assert_exit(result, 0)
+    assert q.get(job_id).status == "queued"
+    refs.prepare([(1, LONG, JOB_THREADS)])
+    worker = Worker(home, tmp_path / "worker2.log", "--concurrency", "2", "--lease-seconds", "3", "--until-empty")
+    assert worker.wait() == 0, worker.output()
+    job = q.get(job_id)
+    assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
+    assert "resuming from step-" in Path(run_dir, "log.txt").read_text()
+    _assert_same_run(run_dir, refs(1, LONG, JOB_THREADS), LONG)
+    q.close()
+
+
+# ---- SIGTERM drains ---------------------------------------------------------------------------------------------
+@pytest.mark.fault
+def test_sigterm_drains_running_jobs_back_to_the_queue(tmp_path, configs, refs):
+    home = tmp_path / "home"
+    seeds = (2, 3)
+    ids = [_submit(home, configs(s, LONG), f"drain-{s}") for s in seeds]
+    q = Queue(home, create=False)
+    run_dirs = [q.get(i).run_dir for i in ids]
+    worker = Worker(home, tmp_path / "worker1.log", "--concurrency", "2")  # the default 30 s lease
+    pids = [_pause_job(worker, d) for d in run_dirs]
+    worker.proc.send_signal(signal.SIGTERM)
+    _wait_for(lambda: all(_sigterm_pending(p) for p in pids), 60, "the worker to pass SIGTERM on", proc=worker)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    assert worker.wait(timeout=60) == 0, worker.output()
+    out = worker.output()
+    assert "SIGTERM: draining 2 running job(s)" in out and "Traceback" not in out
+    for job_id, run_dir in zip(ids, run_dirs):
+        job = q.get(job_id)
+        assert (job.status, job.attempts, job.worker, job.lease_until) == ("queued", 0, None, None), out
+        assert f"job {job_id}: checkpointed and returned to the queue" in out
+        assert _checkpoints(run_dir)
+        assert not Path(run_dir, "model.safetensors").exists()
+        assert "stopped by SIGTERM" in Path(run_dir, "log.txt").read_text()
+    assert _unlocked(run_dirs)
+
+    refs.prepare([(s, LONG, JOB_THREADS) for s in seeds])
+    worker = Worker(home, tmp_path / "worker2.log", "--concurrency", "2", "--until-empty")
+    assert worker.wait() == 0, worker.output()
+    for job_id, run_dir, seed in zip(ids, run_dirs, seeds):
+        job = q.get(job_id)
+        # attempt 1 again: the drained attempt was given back (a lost lease would make this 2)
+        assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
+        assert "resuming from step-" in Path(run_dir, "log.txt").read_text()
+        _assert_same_run(run_dir, refs(seed, LONG, JOB_THREADS), LONG)
+    q.close()
