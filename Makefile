@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 			$(call APT_INSTALL,python3-venv) && $(PYTHON) -m venv --clear $(VENV); \
 		} || { echo "error: cannot create $(VENV); install python3-venv (Debian) and retry" >&2; exit 1; }; \
 	fi
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,ray,sklearn]'
 	$(PY) -m pip install -q -e $(PLUGIN)
 	@touch $@
 

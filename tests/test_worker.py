@@ -150,10 +150,10 @@ def _assert_same_run(run_dir, reference: Path, epochs: int) -> None:
 def _unlocked(run_dirs) -> bool:
     """No process holds any of these run directories' locks (no orphaned job process)."""
     for run_dir in run_dirs:
-        lock = Path(run_dir) / ".lock"
+        lock = Path(run_dir) / "config.toml"  # the trainer flocks the run's config.toml
         if not lock.exists():
             continue
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -87,9 +87,13 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     patience: int = 0  # epochs without improvement before stopping; 0: off
-    monitor: str = "val_loss"  # val_loss | val_accuracy | train_loss
+    monitor: str = "val_loss"  # val_loss | val_accuracy | val_r2 | train_loss | train_accuracy
     min_delta: float = 0.0
     restore_best: bool = True
+    # improved: the best value moves only on an improvement > min_delta (Keras);
+    # running: the best is the running best, and an epoch less than min_delta better than it still
+    # counts as no improvement (scikit-learn's tol / n_iter_no_change rule)
+    best: str = "improved"
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,8 @@ CHOICES = {
     ("training", "dtype"): ("float32", "float64"),
     ("optimizer", "name"): ("sgd", "adam", "adamw"),
     ("schedule", "name"): ("constant", "step", "exponential", "cosine"),
-    ("early_stopping", "monitor"): ("val_loss", "val_accuracy", "train_loss", "train_accuracy"),
+    ("early_stopping", "monitor"): ("val_loss", "val_accuracy", "val_r2", "train_loss", "train_accuracy"),
+    ("early_stopping", "best"): ("improved", "running"),
 }
 # (minimum, maximum, min inclusive, max inclusive)
 RANGES = {

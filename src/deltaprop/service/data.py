@@ -78,6 +78,12 @@ def load_dataset(spec: str, *, base_dir: Path | None = None, label_column: str =
     return _finish(X, y, str(path), str(path), ysrc)
 
 
+def dataset_from_arrays(X, y=None, source: str = "arrays") -> Dataset:
+    """Validate in-memory arrays exactly as a loaded file's (dtype, 2-D shape, emptiness, NaN/Inf,
+    X/y row counts); errors name `source` (e.g. "fit(X, y)") instead of a file."""
+    return _finish(np.asarray(X), None if y is None else np.asarray(y), source, source, source)
+
+
 def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | None, source: str) -> int:
     """Check `y` holds integer class labels in 0..n_classes-1; return the number of classes.
 

@@ -80,7 +80,7 @@ class Model:
                     "accuracy": float((pred == labels).mean()), "confusion": confusion.tolist()}
         t = as_targets(y, self.sizes[-1], source)
         err = (out - t) ** 2
-        return {"n": n, "loss": float(0.5 * err.sum() / n), "mse": float(err.mean())}
+        return {"n": n, "loss": float(0.5 * err.sum() / n), "mse": float(err.mean()), "r2": _r2(err, t)}
 
     # ---- layers and files ------------------------------------------------------------------
     def layer_tensors(self) -> dict[str, np.ndarray]:
@@ -124,6 +124,16 @@ class Model:
                        str(pre["scale"]), dict(meta.get("plugins", {})), dict(meta.get("config", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: not a deltaprop model (missing or invalid {exc})") from None
+
+
+def _r2(err: np.ndarray, t: np.ndarray) -> float:
+    """Coefficient of determination averaged over outputs, as sklearn.metrics.r2_score (a constant
+    target scores 1 if predicted exactly, else 0)."""
+    ss_res = err.sum(axis=0)
+    ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
+    ok = ss_tot > 0
+    r2 = np.where(ok, 1.0 - ss_res / np.where(ok, ss_tot, 1.0), np.where(ss_res == 0, 1.0, 0.0))
+    return float(r2.mean())
 
 
 def resolve_model_path(path: Path) -> Path:

@@ -2,6 +2,9 @@
 
 `prepare(config, registry)` returns a `Prepared`; it is deterministic in the config (the
 validation split and the initial weights come from the seed), so a resume rebuilds it exactly.
+`prepare(config, registry, arrays=(X, y))` takes in-memory arrays instead of `data.train` (the
+scikit-learn estimators do): they are validated, split, scaled and turned into labels/targets
+exactly as a file's rows.
 """
 
 from dataclasses import dataclass
@@ -11,7 +14,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .config import Config
-from .data import as_labels, as_targets, load_dataset, validate_labels_for_classification
+from .data import (as_labels, as_targets, dataset_from_arrays, load_dataset,
+                   validate_labels_for_classification)
 from .model import Model
 
 _CHUNK = 8192  # rows per chunk when computing statistics (memory-mapped data streams)
@@ -46,12 +50,14 @@ def resolve_data_spec(spec: str, config_dir: Path | None) -> str:
     return str(p.resolve())
 
 
-def _outputs(config: Config, y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
-    """Kernel-ready labels/targets and the number of outputs."""
+def _outputs(config: Config, y: np.ndarray, source: str, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
+    """Kernel-ready labels/targets and the number of outputs (`n_outputs`: given, not inferred)."""
     if config.training.loss == "cross_entropy":
-        k = validate_labels_for_classification(y, None, source)
+        k = validate_labels_for_classification(y, n_outputs, source)
         return as_labels(y, k, source), k
-    if y.ndim == 2:
+    if n_outputs is not None:
+        k = n_outputs
+    elif y.ndim == 2:
         k = y.shape[1]
     elif np.issubdtype(y.dtype, np.integer):
         k = int(y.max()) + 1  # class labels regressed as one-hot targets
@@ -110,11 +116,17 @@ def _load_split(spec: str, config: Config, n_out: int, n_in: int) -> Split:
     return Split(np.asarray(ds.X), y, ds.source)
 
 
-def prepare(config: Config, registry) -> Prepared:
+def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs: int | None = None,
+            source: str = "arrays") -> Prepared:
+    """`arrays=(X, y)`: train on these instead of `config.data.train` (errors name `source`).
+    `n_outputs`: the number of classes/targets when y need not show them all (partial fits)."""
     c = config
-    ds = load_dataset(c.data.train, label_column=c.data.label_column)
+    if arrays is None:
+        ds = load_dataset(c.data.train, label_column=c.data.label_column)
+    else:
+        ds = dataset_from_arrays(*arrays, source=source)
     X = np.asarray(ds.X)  # a memmap stays mapped; np.asarray drops the subclass for Numba
-    y, k = _outputs(c, ds.y, ds.source)
+    y, k = _outputs(c, ds.y, ds.source, n_outputs)
     n = len(X)
     train_idx, val = np.arange(n), None
     if c.data.validation_fraction > 0:

@@ -2,6 +2,11 @@
 
     result = train_run(config, run_dir)      # a new run
     result = resume_run(run_dir)             # continue from the newest valid checkpoint
+    result = Trainer(config, None, arrays=(X, y), start=Start(theta, ...)).run()   # in memory
+
+Without a run directory (`run_dir=None`, the scikit-learn estimators) a run writes no files,
+takes no lock and installs no signal handlers; `start` continues from given weights, optimizer
+state, step and RNG state (warm starts, partial fits), and the result carries them back out.
 
 Python runs once per *chunk* of steps (sized to ~0.25 s), never per minibatch: the compiled
 `run_steps` does gather, forward, loss, backward and update for every step of the chunk. Chunks end
@@ -48,10 +53,22 @@ class Reporter:
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path | None
     metrics: list[dict]
     model: Model
     stopped_early: bool = False
+    state: "State | None" = None  # where the run ended (step, RNG state, early-stopping state)
+    opt_state: np.ndarray | None = None  # (2, P) optimizer state after the last step
+
+
+@dataclass
+class Start:
+    """Where a run without a checkpoint starts: a previous run's weights and optimizer."""
+
+    theta: np.ndarray  # flat parameters (kernels/network.py layout)
+    opt_state: np.ndarray | None = None  # (2, P); None: fresh
+    step: int = 0  # optimizer steps already taken (Adam's bias correction continues from it)
+    rng: dict | None = None  # shuffling RNG state to continue from; None: from the seed
 
 
 @dataclass
@@ -78,10 +95,12 @@ def _metric_is_loss(monitor: str) -> bool:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: Path, *, registry=None, reporter: Reporter | None = None,
-                 stop_requested=None):
+    def __init__(self, config: Config, run_dir: Path | None, *, registry=None, reporter: Reporter | None = None,
+                 stop_requested=None, arrays: tuple | None = None, n_outputs: int | None = None,
+                 source: str = "arrays", start: Start | None = None):
         from ..plugins.manager import get_registry
-        self.config, self.run_dir = config, Path(run_dir)
+        self.config, self.run_dir = config, None if run_dir is None else Path(run_dir)
+        self.arrays, self.n_outputs, self.source, self.start = arrays, n_outputs, source, start
         self.registry = registry or get_registry()
         self.reporter = reporter or Reporter()
         self.stop_requested = stop_requested or (lambda: None)
@@ -90,7 +109,8 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
-        self.prep: Prepared = prepare(c, self.registry)
+        self.prep: Prepared = prepare(c, self.registry, self.arrays, n_outputs=self.n_outputs,
+                                      source=self.source)
         m = self.prep.model
         threads = int(os.environ.get("DELTAPROP_THREADS", "0") or 0) or c.training.threads
         self.engine = Engine(m.sizes, m.activations, m.loss, m.dtype, self.registry, threads)
@@ -107,6 +127,15 @@ class Trainer:
         self.opt_state = np.zeros((2, self.theta.size), self.theta.dtype)
         self.best_theta: np.ndarray | None = None
         self.state = State()
+        if self.start is not None:
+            s = self.start
+            if s.theta.shape != self.theta.shape:
+                raise ConfigError(f"the starting weights have {s.theta.size} parameters, the network "
+                                  f"{m.sizes} has {self.theta.size}")
+            self.theta[:] = s.theta
+            if s.opt_state is not None:
+                self.opt_state[:] = s.opt_state
+            self.state.step = s.step
 
     def _perm(self) -> np.ndarray:
         rng = np.random.default_rng(self.config.training.seed)
@@ -124,7 +153,9 @@ class Trainer:
         self.state.epoch_rng = rng.bit_generator.state
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _save(self) -> Path:
+    def _save(self) -> Path | None:
+        if self.run_dir is None:
+            return None
         m = self.prep.model
         tensors = m.layer_tensors()
         for i, name in enumerate(OPT_STATE_NAMES[self.opt.name]):
@@ -160,6 +191,8 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunResult:
+        if self.run_dir is None:
+            return self._run(False)
         with _run_dir_lock(self.run_dir):
             return self._run(resume)
 
@@ -172,10 +205,12 @@ class Trainer:
             if resume:
                 self.reporter.note("no checkpoint yet: starting the run from the beginning")
             self.state.epoch_rng = np.random.default_rng(self.config.training.seed).bit_generator.state
+            if self.start is not None and self.start.rng is not None:
+                self.state.epoch_rng = self.start.rng
         self._write_metrics_file()
         self.reporter.start(self.run_dir, self.config.training.epochs, self.steps_per_epoch,
                             found[2].name if found else None)
-        with self._signals():
+        with self._signals() if self.run_dir is not None else _nothing():
             stopped_early = self._loop()
         return self._finish(stopped_early)
 
@@ -224,11 +259,12 @@ class Trainer:
                 st.step += done
                 st.train_seconds += dt
                 if done < n:
+                    kept = (f"The last good checkpoint in {self.run_dir / 'checkpoints'} is kept; "
+                            if self.run_dir is not None else "")
                     raise TrainingFailed(
                         f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: the loss or "
-                        f"gradient became NaN/Inf (learning rate {lrs[done]:.3g}). The last good checkpoint "
-                        f"in {self.run_dir / 'checkpoints'} is kept; lower optimizer.lr or set "
-                        "training.clip_grad_norm.")
+                        f"gradient became NaN/Inf (learning rate {lrs[done]:.3g}). {kept}lower "
+                        "optimizer.lr or set training.clip_grad_norm.")
                 acc = st.correct / st.seen if self.prep.model.loss == "cross_entropy" else None
                 self.reporter.advance(done, st.loss_sum / st.seen, acc, sum(rows) / max(dt, 1e-9))
                 chunk = max(1, min(4096, int(CHUNK_SECONDS / max(dt / done, 1e-7))))
@@ -271,14 +307,18 @@ class Trainer:
             return False
         key = es.monitor if es.monitor in metrics else es.monitor.replace("train_", "")
         value = metrics[key]
-        lower = _metric_is_loss(es.monitor)
-        better = st.best is None or (value < st.best - es.min_delta if lower else value > st.best + es.min_delta)
-        if better:
-            st.best, st.best_epoch, st.bad_epochs = value, st.epoch + 1, 0
+        sign = 1.0 if _metric_is_loss(es.monitor) else -1.0  # compared as "lower is better"
+        v, best = sign * value, None if st.best is None else sign * st.best
+        if es.best == "running":  # scikit-learn's tol rule (its comparisons are not strict)
+            improved = best is None or v <= best - es.min_delta
+            new_best = best is None or v < best
+        else:
+            improved = new_best = best is None or v < best - es.min_delta
+        if new_best:
+            st.best, st.best_epoch = value, st.epoch + 1
             if es.restore_best:
                 self.best_theta = self.theta.copy()
-            return False
-        st.bad_epochs += 1
+        st.bad_epochs = 0 if improved else st.bad_epochs + 1
         if st.bad_epochs >= es.patience:
             self.reporter.note(f"early stopping after epoch {st.epoch + 1}: {es.monitor} has not improved "
                                f"for {es.patience} epochs (best {st.best:.4g} at epoch {st.best_epoch})")
@@ -290,18 +330,24 @@ class Trainer:
         model = self.prep.model
         if es.patience and es.restore_best and self.best_theta is not None:
             model.theta = self.best_theta.copy()
-        model.save(self.run_dir / "model.safetensors")
-        return RunResult(self.run_dir, list(self.state.history), model, stopped_early)
+        if self.run_dir is not None:
+            model.save(self.run_dir / "model.safetensors")
+        return RunResult(self.run_dir, list(self.state.history), model, stopped_early, self.state,
+                         self.opt_state)
 
     # ---- metrics file ------------------------------------------------------------------------
     def _write_metrics_file(self) -> None:
         """metrics.jsonl = the history up to the restored checkpoint (rewritten atomically)."""
+        if self.run_dir is None:
+            return
         path = self.run_dir / "metrics.jsonl"
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in self.state.history))
         os.replace(tmp, path)
 
     def _append_metrics(self, metrics: dict) -> None:
+        if self.run_dir is None:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics, sort_keys=True) + "\n")
 
@@ -310,6 +356,8 @@ class Trainer:
         reason = self.stop_requested()
         if self._signal is not None:
             reason = signal.Signals(self._signal).name
+        if reason and self.run_dir is None:
+            raise Interrupted(f"stopped by {reason} at epoch {self.state.epoch + 1}, step {self.state.step}")
         if reason:
             path = self._save()
             raise Interrupted(f"stopped by {reason} at epoch {self.state.epoch + 1}, step {self.state.step}; "
@@ -333,10 +381,16 @@ class Trainer:
 
 
 @contextmanager
+def _nothing():
+    yield
+
+
+@contextmanager
 def _run_dir_lock(run_dir: Path):
-    """An exclusive lock on the run directory for the life of a training process."""
+    """An exclusive lock on the run directory (a flock on its config.toml, so no extra file)
+    for the life of a training process: two processes never train the same run at once."""
     import fcntl
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run_dir / "config.toml", os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
