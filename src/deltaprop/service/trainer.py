@@ -35,6 +35,7 @@ from .engine import Engine, OptimizerSpec
 from .model import Model
 from .prepare import Prepared, prepare
 from .schedule import lrs_for
+from .threads import ThreadTuner
 
 CHUNK_SECONDS = 0.25
 OPT_STATE_NAMES = {"sgd": ("optimizer.momentum_buffer",), "adam": ("optimizer.exp_avg", "optimizer.exp_avg_sq"),
@@ -114,6 +115,8 @@ class Trainer:
         m = self.prep.model
         threads = int(os.environ.get("DELTAPROP_THREADS", "0") or 0) or c.training.threads
         self.engine = Engine(m.sizes, m.activations, m.loss, m.dtype, self.registry, threads)
+        # threads = 0 (auto): adapt to what the machine gives us (results do not depend on it)
+        self.tuner = ThreadTuner(self.engine.threads) if threads == 0 else None
         m._engine = self.engine
         self.n_train = len(self.prep.train_idx)
         self.batch = min(c.training.batch_size, self.n_train)
@@ -242,6 +245,8 @@ class Trainer:
                 n = min(chunk, left)
                 if every_steps:
                     n = min(n, every_steps - st.step % every_steps)
+                if self.tuner:
+                    self.engine.threads = self.tuner.choose()
                 t0 = time.perf_counter()
                 lrs = lrs_for(st.step, n, c.optimizer.lr, self.steps_per_epoch, self.total_steps, c.schedule)
                 done, step_loss, step_correct = self.engine.run_steps(
@@ -254,6 +259,8 @@ class Trainer:
                 for v in step_loss[:done] * rows:  # one step at a time: independent of chunking
                     st.loss_sum += float(v)
                 st.correct += int(step_correct[:done].sum())
+                if self.tuner:
+                    self.tuner.record(self.engine.threads, dt, int(rows.sum()))
                 st.seen += int(rows.sum())
                 st.pos += int(rows.sum())
                 st.step += done
