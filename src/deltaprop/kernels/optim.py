@@ -4,6 +4,8 @@ All parameters live in one flat vector `theta` (layer after layer: weight then b
 gradient in `grad` of the same layout and the optimizer state in `state` of shape (2, P):
 SGD keeps its momentum buffer in state[0]; Adam/AdamW keep exp_avg in state[0] and exp_avg_sq in
 state[1]. The update is one fused parallel loop; `gscale` folds gradient clipping into it.
+The coefficients are cast to theta's dtype first and each case has its own branch-free loop, so
+the loops vectorise (float32 SGD: 179 us -> ~30 us per step for 235k parameters).
 
 hyper = [momentum, dampening, nesterov, weight_decay, beta1, beta2, eps]
 """
@@ -30,52 +32,66 @@ def chunk(n, parts, t, align=1):
 
 
 @numba.njit(**JIT)
-def _sgd(theta, grad, state, lo, hi, lr, gscale, hyper, first):
-    momentum, dampening, nesterov, wd = hyper[0], hyper[1], hyper[2], hyper[3]
-    buf = state[0]
-    for i in range(lo, hi):
-        g = grad[i] * gscale
-        if wd != 0.0:
-            g += wd * theta[i]
-        if momentum != 0.0:
-            if first:
-                b = g
-            else:
-                b = momentum * buf[i] + (1.0 - dampening) * g
+def _sgd(theta, grad, buf, lo, hi, c, momentum, nesterov, first):
+    """c = [lr, gscale, weight_decay, momentum, 1 - dampening] in theta's dtype."""
+    lr, gs, wd, mu, damp = c[0], c[1], c[2], c[3], c[4]
+    if not momentum:
+        for i in range(lo, hi):
+            theta[i] -= lr * (gs * grad[i] + wd * theta[i])
+    elif first:  # torch: the first buffer is the gradient itself
+        for i in range(lo, hi):
+            g = gs * grad[i] + wd * theta[i]
+            buf[i] = g
+            theta[i] -= lr * (g + mu * g if nesterov else g)
+    else:
+        for i in range(lo, hi):
+            g = gs * grad[i] + wd * theta[i]
+            b = mu * buf[i] + damp * g
             buf[i] = b
-            if nesterov != 0.0:
-                g = g + momentum * b
-            else:
-                g = b
-        theta[i] -= lr * g
+            theta[i] -= lr * (g + mu * b if nesterov else b)
 
 
 @numba.njit(**JIT)
-def _adam(theta, grad, state, lo, hi, lr, gscale, hyper, t, decoupled):
-    wd, beta1, beta2, eps = hyper[3], hyper[4], hyper[5], hyper[6]
-    m, v = state[0], state[1]
-    bc1 = 1.0 - beta1 ** t
-    bc2_sqrt = math.sqrt(1.0 - beta2 ** t)
-    step_size = lr / bc1
-    for i in range(lo, hi):
-        g = grad[i] * gscale
-        if decoupled:
-            theta[i] *= 1.0 - lr * wd
-        elif wd != 0.0:
-            g += wd * theta[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * g
-        vi = beta2 * v[i] + (1.0 - beta2) * g * g
-        m[i] = mi
-        v[i] = vi
-        theta[i] -= step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
+def _adam(theta, grad, m, v, lo, hi, c, decoupled):
+    """c = [step_size, gscale, weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, 1/sqrt(bc2), eps,
+    1 - lr * weight_decay] in theta's dtype."""
+    step, gs, wd, b1, ob1, b2, ob2, inv_bc2, eps, keep = (c[0], c[1], c[2], c[3], c[4], c[5], c[6],
+                                                           c[7], c[8], c[9])
+    if decoupled:
+        for i in range(lo, hi):
+            g = gs * grad[i]
+            mi = b1 * m[i] + ob1 * g
+            vi = b2 * v[i] + ob2 * g * g
+            m[i] = mi
+            v[i] = vi
+            theta[i] = theta[i] * keep - step * mi / (np.sqrt(vi) * inv_bc2 + eps)
+    else:
+        for i in range(lo, hi):
+            g = gs * grad[i] + wd * theta[i]
+            mi = b1 * m[i] + ob1 * g
+            vi = b2 * v[i] + ob2 * g * g
+            m[i] = mi
+            v[i] = vi
+            theta[i] -= step * mi / (np.sqrt(vi) * inv_bc2 + eps)
 
 
 @numba.njit(**PJIT)
 def update(parts, kind, theta, grad, state, lr, gscale, hyper, t):
     """One optimizer step on the flat vector; `t` is the 1-based step count."""
+    c = np.empty(10, theta.dtype)
+    momentum, dampening, nesterov, wd = hyper[0], hyper[1], hyper[2] != 0.0, hyper[3]
+    if kind == SGD:
+        c[0], c[1], c[2], c[3], c[4] = lr, gscale, wd, momentum, 1.0 - dampening
+    else:
+        beta1, beta2 = hyper[4], hyper[5]
+        c[0] = lr / (1.0 - beta1 ** t)
+        c[1], c[2] = gscale, (0.0 if kind == ADAMW else wd)
+        c[3], c[4], c[5], c[6] = beta1, 1.0 - beta1, beta2, 1.0 - beta2
+        c[7] = 1.0 / math.sqrt(1.0 - beta2 ** t)
+        c[8], c[9] = hyper[6], 1.0 - lr * wd
     for p in prange(parts):
         lo, hi = chunk(theta.size, parts, p, 64)
         if kind == SGD:
-            _sgd(theta, grad, state, lo, hi, lr, gscale, hyper, t == 1)
+            _sgd(theta, grad, state[0], lo, hi, c, momentum != 0.0, nesterov, t == 1)
         else:
-            _adam(theta, grad, state, lo, hi, lr, gscale, hyper, t, kind == ADAMW)
+            _adam(theta, grad, state[0], state[1], lo, hi, c, kind == ADAMW)

@@ -4,7 +4,8 @@
 this module generates those two functions (one loop per activation, the branch on the id hoisted
 out of the loops), appends them to the template's source, writes the file into the kernel cache
 directory under a name that hashes everything the compiled code depends on (template source,
-activation bytecode, plugin versions, deltaprop/Numba versions), and imports it. Numba's on-disk
+the other kernel modules it calls, activation bytecode, plugin versions, deltaprop/Numba
+versions), and imports it. Numba's on-disk
 cache then works as for any file; editing a plugin changes the hash, so a stale kernel is never
 loaded. Compilation happens on first call, never at import. A read-only or broken cache directory
 falls back to a private temporary one.
@@ -75,6 +76,8 @@ def network_kernels(acts: tuple[Activation, ...]) -> ModuleType:
     template = Path(network.__file__).read_text()
     source = template + _act_source(acts)
     h = hashlib.sha256(source.encode())
+    for dep in sorted(Path(network.__file__).parent.glob("*.py")):  # compiled into the kernels too:
+        h.update(dep.read_bytes())  # Numba's cache would not notice their edits on its own
     h.update(f"{__version__}|{numba.__version__}|{sys.version}".encode())
     for act in acts:
         h.update(f"{act.name}|{act.source}|{act.version}|{act.derivative_of}".encode())
