@@ -146,3 +146,24 @@ def test_memory_mapped_npy_trains(tmp_path, classes):
     a = deltaprop.train(_config(tmp_path / "big.npy"), run_dir=tmp_path / "m")
     b = deltaprop.train(_config(classes), run_dir=tmp_path / "n")
     assert a.metrics[-1]["loss"] == b.metrics[-1]["loss"]  # same data, same result
+
+
+def test_block_shuffle_is_a_permutation_of_contiguous_blocks(tmp_path, classes):
+    """training.shuffle_block: every row once per epoch, in runs of consecutive rows (so a
+    memory-mapped file streams), deterministic, and different from epoch to epoch."""
+    from deltaprop.service.api import read_config
+    from deltaprop.service.trainer import Trainer
+    cfg = read_config(_config(classes, training={"shuffle_block": 64}))
+    trainer = Trainer(cfg, None)
+    trainer._setup()
+    trainer.state.epoch_rng = np.random.default_rng(0).bit_generator.state
+    first = trainer._perm()
+    assert sorted(first) == list(range(600))
+    block_of = first // 64
+    assert (np.diff(block_of) != 0).sum() == 600 // 64  # 10 blocks, each visited in one run
+    assert not np.array_equal(first, np.arange(600))
+    trainer._advance_rng()
+    assert not np.array_equal(trainer._perm(), first)
+    a = deltaprop.train(_config(classes, training={"shuffle_block": 64}), run_dir=tmp_path / "a")
+    b = deltaprop.train(_config(classes, training={"shuffle_block": 64}), run_dir=tmp_path / "b")
+    assert a.metrics[-1]["loss"] == b.metrics[-1]["loss"]

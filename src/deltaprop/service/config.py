@@ -52,6 +52,7 @@ class TrainingConfig:
     batch_size: int = 128
     loss: str = "cross_entropy"  # or mse
     shuffle: bool = True
+    shuffle_block: int = 0  # >0: shuffle blocks of this many rows, then rows within each block
     seed: int = 0
     dtype: str = "float32"
     threads: int = 0  # 0: all cores this process may use
@@ -143,6 +144,7 @@ RANGES = {
     ("training", "epochs"): (1, None, True, True),
     ("training", "batch_size"): (1, None, True, True),
     ("training", "threads"): (0, None, True, True),
+    ("training", "shuffle_block"): (0, None, True, True),
     ("training", "clip_grad_norm"): (0.0, None, True, True),
     ("optimizer", "lr"): (0.0, None, False, True),
     ("optimizer", "momentum"): (0.0, None, True, True),

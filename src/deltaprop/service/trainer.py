@@ -140,20 +140,31 @@ class Trainer:
                 self.opt_state[:] = s.opt_state
             self.state.step = s.step
 
-    def _perm(self) -> np.ndarray:
+    def _draw(self) -> tuple[np.ndarray, dict]:
+        """This epoch's order of training rows, and the RNG state after drawing it.
+
+        training.shuffle_block = N > 0 shuffles blocks of N consecutive rows, then the rows within
+        each block: every block is read from one contiguous stretch of the file, so a memory-mapped
+        dataset larger than RAM streams instead of faulting in one random page per row.
+        """
         rng = np.random.default_rng(self.config.training.seed)
         rng.bit_generator.state = self.state.epoch_rng
+        n, block = self.n_train, self.config.training.shuffle_block
         if not self.config.training.shuffle:
-            return self.prep.train_idx
-        return self.prep.train_idx[rng.permutation(self.n_train)]
+            order = np.arange(n)
+        elif block:
+            starts = np.arange(0, n, block)[rng.permutation((n + block - 1) // block)]
+            order = np.concatenate([s + rng.permutation(min(block, n - s)) for s in starts])
+        else:
+            order = rng.permutation(n)
+        return self.prep.train_idx[order], rng.bit_generator.state
+
+    def _perm(self) -> np.ndarray:
+        return self._draw()[0]
 
     def _advance_rng(self) -> None:
         """RNG state for the next epoch: the state after drawing this epoch's permutation."""
-        rng = np.random.default_rng(self.config.training.seed)
-        rng.bit_generator.state = self.state.epoch_rng
-        if self.config.training.shuffle:
-            rng.permutation(self.n_train)
-        self.state.epoch_rng = rng.bit_generator.state
+        self.state.epoch_rng = self._draw()[1]
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save(self) -> Path | None:
