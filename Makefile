@@ -33,6 +33,7 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/nul
 setup: $(STAMP) data
 
 run: setup
+	rm -rf runs/fashion-mnist  # the main job starts fresh each time (train refuses to overwrite a run)
 	$(VENV)/bin/deltaprop train examples/fashion-mnist.toml --run-dir runs/fashion-mnist
 	$(VENV)/bin/deltaprop evaluate runs/fashion-mnist --data fashion-mnist:test
 
