@@ -66,3 +66,15 @@ def ref_act(registry):
         return memo[name]
 
     return resolve
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """3000 x 32 float32 rows, 4 linearly separable classes: the data of the process-level fault
+    tests (resume, worker), big enough that a run takes a few seconds."""
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 32)).astype(np.float32)
+    y = (X @ rng.normal(size=(32, 4))).argmax(1)
+    np.savez(d / "d.npz", X=X, y=y)
+    return d / "d.npz"

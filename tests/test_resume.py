@@ -49,16 +49,6 @@ keep = 2
 """
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(3000, 32)).astype(np.float32)
-    y = (X @ rng.normal(size=(32, 4))).argmax(1)
-    np.savez(d / "d.npz", X=X, y=y)
-    return d / "d.npz"
-
-
 def _config(tmp_path, data, seed) -> Path:
     path = tmp_path / f"c{seed}.toml"
     path.write_text(CONFIG.format(data=data, seed=seed))

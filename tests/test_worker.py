@@ -211,16 +211,6 @@ def _no_stray_workers():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(3000, 32)).astype(np.float32)
-    y = (X @ rng.normal(size=(32, 4))).argmax(1)
-    np.savez(d / "d.npz", X=X, y=y)
-    return d / "d.npz"
-
-
-@pytest.fixture(scope="module")
 def configs(data, tmp_path_factory):
     """configs(seed, epochs) -> the path of that config file."""
     d = tmp_path_factory.mktemp("configs")
