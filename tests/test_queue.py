@@ -4,9 +4,17 @@ processes are in test_worker.py), except the contention test, which uses real pr
 (multiprocessing, spawn) claiming and finishing no-op jobs on one database.
 """
 
+import ctypes
+import functools
 import json
 import multiprocessing as mp
+import os
+import queue as stdlib_queue
+import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -16,7 +24,7 @@ import pytest
 from deltaprop.errors import ConfigError
 from deltaprop.service import sweep
 from deltaprop.service.queue import Queue, QueueError
-from fixtures.cli import assert_exit, cli
+from fixtures.cli import DELTAPROP, assert_exit, cli
 from fixtures.data import write_classification, write_config
 
 TOML = "[training]\nepochs = 1\n"
@@ -399,6 +407,103 @@ def test_locked_database_is_a_clear_error_and_damages_nothing(q, tmp_path):
     assert q.finish(running, "succeeded") is True
     assert q.claim("w2", 60.0).id == 2
     assert q.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_read_only_commands_do_not_wait_for_a_writer(q, monkeypatch):
+    """jobs list/show/logs open the queue read-only: they answer while another process holds the
+    write lock. (Opening for writing would wait out the busy timeout, 0.5 s here, and fail.)"""
+    monkeypatch.setattr("deltaprop.service.queue.BUSY_TIMEOUT_S", 0.5)
+    job = q.submit("j", TOML)
+    Path(job.run_dir, "log.txt").write_text("hello from the job\n")
+    holder = sqlite3.connect(q.path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE jobs SET name = 'uncommitted' WHERE id = 1")
+    try:
+        for args, want in ((["jobs", "list", "--json"], '"name": "j"'), (["jobs", "show", "1"], '"status": "queued"'),
+                           (["jobs", "logs", "1"], "hello from the job")):
+            result = cli(*args)
+            assert_exit(result, 0)
+            assert want in result.stdout
+        result = cli("jobs", "cancel", "1")  # a write does wait for the lock, then says so
+        assert_exit(result, 2)
+        assert "stayed locked for 0.5 s" in result.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert q.get(1) == job
+
+
+def _without_root_file_powers() -> None:
+    """In a child before exec: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set,
+    so even root obeys file modes (the tests may run as root, who may write anywhere)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_read_only_commands_work_on_a_read_only_copy(q, tmp_path):
+    """A copy of the queue in a directory no one may write: list and show work (real processes
+    that cannot override file modes), and the file stays byte-identical, with no -wal/-shm."""
+    for i in range(3):
+        q.submit(f"job{i}", TOML)
+    q.claim("w", 60.0)
+    q.close()  # the last connection: SQLite folds the WAL into queue.db and removes it
+    copy = tmp_path / "read-only"
+    copy.mkdir()
+    shutil.copy(tmp_path / "home" / "queue.db", copy / "queue.db")
+    before = (copy / "queue.db").read_bytes()
+    os.chmod(copy / "queue.db", 0o444)
+    os.chmod(copy, 0o555)
+    try:
+        env = dict(os.environ, DELTAPROP_HOME=str(copy))
+        run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=120,
+                                preexec_fn=_without_root_file_powers)
+        probe = run([sys.executable, "-c", f"open({str(copy / 'x')!r}, 'w')"])
+        assert "PermissionError" in probe.stderr, "the directory is writable: the test would prove nothing"
+        result = run([str(DELTAPROP), "jobs", "list", "--json"])
+        assert result.returncode == 0, result.stderr
+        assert [(r["name"], r["status"]) for r in json.loads(result.stdout)] == [
+            ("job0", "running"), ("job1", "queued"), ("job2", "queued")]
+        result = run([str(DELTAPROP), "jobs", "show", "2"])
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.split("\nlast epoch")[0])["name"] == "job1"
+        assert (copy / "queue.db").read_bytes() == before
+        assert sorted(p.name for p in copy.iterdir()) == ["queue.db"]
+    finally:
+        os.chmod(copy, 0o755)
+
+
+def test_jobs_logs_follow_streams_until_the_job_ends(q):
+    """`jobs logs --follow` (a real process) prints lines appended after it started, and the last
+    ones written just before the job ended, then exits 0."""
+    job = q.submit("j", TOML)
+    running = q.claim("w", 600.0)
+    log = Path(job.run_dir, "log.txt")
+    log.write_text("--- attempt 1 ---\n")
+    proc = subprocess.Popen([str(DELTAPROP), "jobs", "logs", str(job.id), "--follow"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    lines: stdlib_queue.Queue = stdlib_queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    try:
+        assert lines.get(timeout=120) == "--- attempt 1 ---\n"
+        for i in range(3):  # each written while the follower runs, and seen by it
+            with open(log, "a") as f:
+                f.write(f"epoch {i}\n")
+            assert lines.get(timeout=60) == f"epoch {i}\n"
+        assert proc.poll() is None  # still following: the job is running
+        with open(log, "a") as f:
+            f.write("done: the last line\n")
+        assert q.finish(running, "succeeded")
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        reader.join(timeout=60)
+        assert lines.get_nowait() == "done: the last line\n"
+        assert lines.empty()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

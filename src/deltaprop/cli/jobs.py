@@ -14,9 +14,10 @@ app = typer.Typer(help="The job queue: list, show, logs, cancel, retry.", no_arg
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim"}
 
 
-def _queue(create=False):
+def _queue(create=False, readonly=False):
+    """The queue; `readonly` for commands that only read (they never wait for a writer's lock)."""
     from ..service.queue import Queue
-    return Queue(create=create)
+    return Queue(create=create, readonly=readonly)
 
 
 def _submit(queue, config: Path, sets: list[str], name: str | None = None, max_attempts: int = 3):
@@ -114,7 +115,7 @@ def list_(
     from ..service.queue import STATES
     if status and status not in STATES:
         raise DeltapropError(f"--status {status!r}: use one of {', '.join(STATES)}")
-    jobs = _queue().list(status)
+    jobs = _queue(readonly=True).list(status)
     if json_:
         print(json.dumps([j.__dict__ for j in jobs]))
         return
@@ -131,7 +132,7 @@ def list_(
 @handle_errors
 def show(job_id: Annotated[int, typer.Argument(help="Job id.")]):
     """One job: state, attempts, run directory, last metrics."""
-    job = _queue().get(job_id)
+    job = _queue(readonly=True).get(job_id)
     print(json.dumps(job.__dict__, indent=2))
     metrics = Path(job.run_dir) / "metrics.jsonl"
     if metrics.exists() and metrics.read_text().strip():
@@ -146,20 +147,22 @@ def logs(
 ):
     """The job's output (all attempts)."""
     from ..errors import DeltapropError
-    queue = _queue()
+    queue = _queue(readonly=True)
     job = queue.get(job_id)
     if not Path(job.run_dir).is_dir():
         raise DeltapropError(f"job {job_id}'s run directory {job.run_dir} is missing (moved or deleted)")
     path = Path(job.run_dir) / "log.txt"
-    pos = 0
+    pos, ended = 0, not follow
     while True:
+        if follow:  # read the state before the file: lines written before the job ended get printed
+            ended = queue.get(job_id).status not in ("queued", "running")
         if path.exists():
             with open(path, "rb") as f:
                 f.seek(pos)
                 chunk = f.read()
                 pos += len(chunk)
             print(chunk.decode(errors="replace"), end="", flush=True)
-        if not follow or queue.get(job_id).status not in ("queued", "running"):
+        if ended:
             break
         time.sleep(0.5)
 

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import DeltapropError
 
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id);
 """
+BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's transaction
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -62,29 +64,64 @@ def default_home() -> Path:
 
 
 class Queue:
-    def __init__(self, home: Path | None = None, *, create: bool = True):
+    """The queue database. `readonly=True` (jobs list/show/logs) never writes: it opens the file
+    with SQLite's `mode=ro`, takes no lock a writer waits for, and works on a read-only copy."""
+
+    def __init__(self, home: Path | None = None, *, create: bool = True, readonly: bool = False):
         self.home = Path(home) if home is not None else default_home()
         self.path = self.home / "queue.db"
-        if not create and not self.path.exists():
+        self.readonly = readonly
+        if (readonly or not create) and not self.path.exists():
             raise QueueError(f"no job queue at {self.path}: submit a job first (or set DELTAPROP_HOME)")
-        self.home.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout = 60000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = FULL")
-            with self._tx():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+            if readonly:
+                self.db = self._connect_readonly()
+            else:
+                self.home.mkdir(parents=True, exist_ok=True)
+                self.db = self._connect(str(self.path))
+                if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = FULL")
+                if not self._has_schema():  # the write lock only to create the tables, once
+                    with self._tx():
+                        for statement in SCHEMA.split(";"):
+                            if statement.strip():
+                                self.db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise self._error(exc) from None
+
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """mode=ro. In a directory we cannot write, SQLite cannot create the WAL index (-shm) that
+        reading a WAL database needs: there, immutable=1 (a snapshot read of the file as it is)."""
+        uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro"
+        db = self._connect(uri, uri=True)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            if os.access(self.home, os.W_OK):
+                raise
+        db = self._connect(uri + "&immutable=1", uri=True)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+
+    def _has_schema(self) -> bool:
+        return self.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
+                               "AND name = 'jobs'").fetchone()[0] == 1
 
     def _error(self, exc: Exception) -> QueueError:
         text = str(exc)
         if "locked" in text or "busy" in text:
-            timeout = self.db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+            timeout = BUSY_TIMEOUT_S
+            if getattr(self, "db", None) is not None:
+                timeout = self.db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
             return QueueError(f"the job queue {self.path} stayed locked for {timeout:g} s by another "
                               "process; nothing was changed, try again")
         return QueueError(f"the job queue {self.path} is unreadable ({text}); it was not modified. "
@@ -93,6 +130,8 @@ class Queue:
     @contextmanager
     def _tx(self):
         """One BEGIN IMMEDIATE transaction (the write lock is taken up front, so no deadlock)."""
+        if self.readonly:
+            raise QueueError(f"the job queue {self.path} was opened read-only; nothing was changed")
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
