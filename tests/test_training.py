@@ -167,3 +167,60 @@ def test_block_shuffle_is_a_permutation_of_contiguous_blocks(tmp_path, classes):
     a = deltaprop.train(_config(classes, training={"shuffle_block": 64}), run_dir=tmp_path / "a")
     b = deltaprop.train(_config(classes, training={"shuffle_block": 64}), run_dir=tmp_path / "b")
     assert a.metrics[-1]["loss"] == b.metrics[-1]["loss"]
+
+
+# ---- config validation that needs more than one key ---------------------------------------------
+
+@pytest.mark.parametrize("monitor,loss", [("val_accuracy", "mse"), ("train_accuracy", "mse"),
+                                          ("val_r2", "cross_entropy")])
+def test_monitor_the_loss_does_not_have_is_rejected_before_training(tmp_path, classes, monitor, loss):
+    """Rejected at validation (even with early stopping off), not a KeyError after the first epoch."""
+    from deltaprop.service.config import config_from_dict
+    cfg = _config(classes, data={"validation_fraction": 0.2}, training={"loss": loss},
+                  early_stopping={"patience": 2, "monitor": monitor})
+    with pytest.raises(ConfigError, match=rf"c\.toml: early_stopping\.monitor = '{monitor}' needs "
+                                          rf"training\.loss = '(mse|cross_entropy)'"):
+        config_from_dict(cfg, "c.toml")
+    cfg["early_stopping"]["patience"] = 0
+    with pytest.raises(ConfigError, match="early_stopping.monitor"):
+        config_from_dict(cfg, "c.toml")
+    with pytest.raises(ConfigError, match="early_stopping.monitor"):
+        deltaprop.train(cfg, run_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_monitor_r2_and_accuracy_with_their_losses_are_accepted():
+    from deltaprop.service.config import config_from_dict
+    for monitor, loss in [("val_r2", "mse"), ("val_accuracy", "cross_entropy"), ("train_loss", "mse")]:
+        c = config_from_dict({"training": {"loss": loss}, "data": {"validation_fraction": 0.1},
+                              "early_stopping": {"patience": 1, "monitor": monitor}})
+        assert c.early_stopping.monitor == monitor
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_seed_out_of_range_names_the_key(seed):
+    from deltaprop.service.config import config_from_dict
+    with pytest.raises(ConfigError, match=rf"c\.toml: training\.seed = {seed} is out of range: must be >= 0"):
+        config_from_dict({"training": {"seed": seed}}, "c.toml")
+    assert config_from_dict({"training": {"seed": 2**63 - 1}}).training.seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("value", [-5.0, -0.5, -1e-9])
+def test_negative_weight_decay_is_rejected(value):
+    from deltaprop.service.config import config_from_dict
+    with pytest.raises(ConfigError, match=rf"c\.toml: optimizer\.weight_decay = {value!r} is out of range"):
+        config_from_dict({"optimizer": {"weight_decay": value}}, "c.toml")
+
+
+def test_unset_weight_decay_keeps_torch_defaults_through_the_run_config():
+    """Unset: 0 for sgd/adam, 0.01 for adamw, also after config.toml is written and read back."""
+    import tomllib
+
+    from deltaprop.service.config import config_from_dict
+    for name, expect in [("sgd", 0.0), ("adam", 0.0), ("adamw", 0.01)]:
+        c = config_from_dict({"optimizer": {"name": name}})
+        assert c.optimizer.resolved_weight_decay() == expect
+        again = config_from_dict(tomllib.loads(c.to_toml()))
+        assert again == c and again.optimizer.resolved_weight_decay() == expect
+        explicit = config_from_dict({"optimizer": {"name": name, "weight_decay": 0.0}})
+        assert explicit.optimizer.resolved_weight_decay() == 0.0

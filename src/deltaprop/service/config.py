@@ -59,6 +59,11 @@ class TrainingConfig:
     clip_grad_norm: float = 0.0  # 0: off
 
 
+# optimizer.weight_decay when not given: a sentinel, since TOML has no null and config.toml must
+# round-trip; any other negative value is an error
+WEIGHT_DECAY_UNSET = -1.0
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adam"  # sgd | adam | adamw
@@ -66,7 +71,7 @@ class OptimizerConfig:
     momentum: float = 0.0
     dampening: float = 0.0
     nesterov: bool = False
-    weight_decay: float = -1.0  # -1: torch's default (0 for sgd/adam, 0.01 for adamw)
+    weight_decay: float = WEIGHT_DECAY_UNSET  # torch's default (0 for sgd/adam, 0.01 for adamw)
     betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -138,6 +143,8 @@ CHOICES = {
     ("early_stopping", "monitor"): ("val_loss", "val_accuracy", "val_r2", "train_loss", "train_accuracy"),
     ("early_stopping", "best"): ("improved", "running"),
 }
+# early_stopping.monitor values that exist for one loss only
+MONITOR_LOSS = {"val_accuracy": "cross_entropy", "train_accuracy": "cross_entropy", "val_r2": "mse"}
 # (minimum, maximum, min inclusive, max inclusive)
 RANGES = {
     ("data", "validation_fraction"): (0.0, 1.0, True, False),
@@ -145,6 +152,7 @@ RANGES = {
     ("training", "batch_size"): (1, None, True, True),
     ("training", "threads"): (0, None, True, True),
     ("training", "shuffle_block"): (0, None, True, True),
+    ("training", "seed"): (0, 2**63 - 1, True, True),  # numpy's generators and the int64 dropout hash
     ("training", "clip_grad_norm"): (0.0, None, True, True),
     ("optimizer", "lr"): (0.0, None, False, True),
     ("optimizer", "momentum"): (0.0, None, True, True),
@@ -272,6 +280,15 @@ def _check_whole(c: Config, source: str) -> None:
     if c.training.loss == "cross_entropy" and c.model.output_activation != "identity":
         raise ConfigError(f"{source}: model.output_activation = {c.model.output_activation!r} needs "
                           "training.loss = \"mse\"; cross_entropy's output layer is linear (softmax is in the loss)")
+    wd = c.optimizer.weight_decay
+    if wd < 0 and wd != WEIGHT_DECAY_UNSET:
+        raise ConfigError(f"{source}: optimizer.weight_decay = {wd!r} is out of range: must be >= 0.0 "
+                          "(leave it out for the optimizer's default)")
+    monitor, loss = c.early_stopping.monitor, c.training.loss
+    if MONITOR_LOSS.get(monitor, loss) != loss:
+        valid = [m for m in CHOICES[("early_stopping", "monitor")] if MONITOR_LOSS.get(m, loss) == loss]
+        raise ConfigError(f"{source}: early_stopping.monitor = {monitor!r} needs training.loss = "
+                          f"{MONITOR_LOSS[monitor]!r}; with {loss} use one of {', '.join(valid)}")
     if c.early_stopping.patience and c.early_stopping.monitor.startswith("val_") and c.data.validation_fraction == 0:
         raise ConfigError(f"{source}: early_stopping.monitor = {c.early_stopping.monitor!r} needs "
                           "data.validation_fraction > 0 (or monitor = \"train_loss\")")
