@@ -216,6 +216,15 @@ def test_failure_with_attempts_left_goes_back_to_the_queue(q):
     assert q.claim("w", 30.0) is None
 
 
+def test_failure_without_retry_fails_at_once(q):
+    q.submit("j", TOML)
+    job = q.claim("w", 30.0)
+    assert q.finish(job, "failed", "run directory gone", retry=False) is True
+    job = q.get(job.id)
+    assert (job.status, job.attempts, job.error) == ("failed", 1, "run directory gone")
+    assert job.finished_at is not None and q.claim("w", 30.0) is None
+
+
 def test_cancel_a_queued_job(q):
     q.submit("a", TOML)
     q.submit("b", TOML)

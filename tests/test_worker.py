@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -395,6 +396,39 @@ def test_crashing_jobs_fail_after_max_attempts_and_the_worker_lives_on(tmp_path,
     _assert_same_run(job.run_dir, refs(11, SHORT), SHORT)
     result = _run("jobs", "show", bad_config, env=_env(home), timeout=60)
     assert result.returncode == 0 and '"status": "failed"' in result.stdout and "not valid TOML" in result.stdout
+    q.close()
+
+
+# ---- a job that cannot start ----------------------------------------------------------------------------
+@pytest.mark.fault
+def test_jobs_that_cannot_start_fail_and_the_worker_lives_on(tmp_path, configs):
+    """A job whose run directory vanished after submit is failed at once (no retry: its config and
+    checkpoints are gone), naming the path, and the directory is not recreated; a job whose log
+    cannot be opened fails its attempts; the worker goes on and runs the good job."""
+    home = tmp_path / "home"
+    missing = _submit(home, configs(11, SHORT), "missing-dir")
+    no_log = _submit(home, configs(11, SHORT), "log-is-a-directory")
+    good = _submit(home, configs(11, SHORT), "good")
+    q = Queue(home, create=False)
+    missing_dir = Path(q.get(missing).run_dir)
+    shutil.rmtree(missing_dir)
+    Path(q.get(no_log).run_dir, "log.txt").mkdir()
+    worker = Worker(home, tmp_path / "worker.log", "--concurrency", "2", "--until-empty")
+    assert worker.wait() == 0, worker.output()
+    out = worker.output()
+    assert "Traceback" not in out
+
+    job = q.get(missing)
+    assert (job.status, job.attempts, job.worker, job.lease_until) == ("failed", 1, None, None), out
+    assert f"run directory {missing_dir} is missing" in job.error and f"jobs retry {missing}" in job.error
+    assert f"job {missing}: failed (run directory {missing_dir} is missing" in out
+    assert not missing_dir.exists()
+    job = q.get(no_log)
+    assert (job.status, job.attempts) == ("failed", 3), out
+    assert job.error.startswith("could not start the job: [Errno 21] Is a directory") and "log.txt" in job.error
+    job = q.get(good)
+    assert (job.status, job.attempts, job.error) == ("succeeded", 1, None), out
+    assert Path(job.run_dir, "model.safetensors").exists()
     q.close()
 
 

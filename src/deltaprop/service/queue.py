@@ -236,11 +236,12 @@ class Queue:
             row = db.execute("SELECT cancel FROM jobs WHERE id=?", (job.id,)).fetchone()
         return cur.rowcount == 1, bool(row and row["cancel"])
 
-    def finish(self, job: Job, status: str, error: str | None = None) -> bool:
-        """Record the end of this attempt (fenced). A failure with attempts left goes back to the queue."""
+    def finish(self, job: Job, status: str, error: str | None = None, retry: bool = True) -> bool:
+        """Record the end of this attempt (fenced). A failure with attempts left goes back to the
+        queue, unless `retry=False` (another attempt cannot succeed)."""
         assert status in ("succeeded", "failed", "cancelled", "queued")
         with self._tx() as db:
-            if status == "failed" and job.attempts < job.max_attempts:
+            if status == "failed" and retry and job.attempts < job.max_attempts:
                 status = "queued"
             finished = time.time() if status != "queued" else None
             cur = db.execute("UPDATE jobs SET status=?, error=?, finished_at=?, worker=NULL, lease_until=NULL "

@@ -123,11 +123,34 @@ class Worker:
                     break
                 self.log(f"job {job.id} ({job.name}): attempt {job.attempts}/{job.max_attempts}, "
                          f"{self.threads} thread(s)")
-                self.running[job.id] = Running(job, self.executor.start(job, self.threads))
+                handle = self._start(job)
+                if handle is not None:
+                    self.running[job.id] = Running(job, handle)
             self._reap()
             if not self.running and (self.draining or (until_empty and self.queue.pending() == 0)):
                 return
             time.sleep(poll_s)
+
+    def _start(self, job: Job):
+        """The job's handle, or None when it cannot start: then it is failed and the worker goes on.
+        A missing run directory fails the job for good, with no retry: it held the job's config and
+        checkpoints, so an empty new one would have nothing to run and would hide what was lost."""
+        if not os.path.isdir(job.run_dir):
+            error = (f"run directory {job.run_dir} is missing (moved or deleted); it holds the job's config "
+                     f"and checkpoints: restore it, then `deltaprop jobs retry {job.id}`")
+            self._end(job, "failed", error, retry=False)
+            return None
+        try:
+            return self.executor.start(job, self.threads)
+        except OSError as exc:  # the log cannot be opened, no process can be started...
+            self._end(job, "failed", f"could not start the job: {exc}")
+            return None
+
+    def _end(self, job: Job, status: str, error: str | None, retry: bool = True) -> None:
+        if self.queue.finish(job, status, error, retry):
+            now = self.queue.get(job.id).status
+            self.log(f"job {job.id}: {now if now != 'queued' else 'attempt failed, requeued'}"
+                     + (f" ({error})" if error else ""))
 
     def _heartbeat(self) -> None:
         for r in self.running.values():
@@ -158,10 +181,7 @@ class Worker:
                 continue
             else:
                 status, error = "failed", f"exit code {code}: {_tail(r.job.run_dir)}"
-            if self.queue.finish(r.job, status, error):
-                now = self.queue.get(job_id).status
-                self.log(f"job {job_id}: {now if now != 'queued' else 'attempt failed, requeued'}"
-                         + (f" ({error})" if error else ""))
+            self._end(r.job, status, error)
 
 
 def _die_with_parent() -> None:
