@@ -587,6 +587,19 @@ def test_jobs_cancel_a_running_job_via_cli(q):
     assert q.heartbeat(job, 60.0) == (True, True)
 
 
+def test_worker_concurrency_above_the_core_count_is_capped():
+    """`worker --concurrency N` with N > cores: each job needs a thread, so N jobs would
+    oversubscribe the cores; the worker says so and runs one job per core."""
+    cores = len(os.sched_getaffinity(0))
+    result = cli("worker", "--concurrency", cores + 3, "--until-empty")
+    assert_exit(result, 0)
+    assert f"warning: --concurrency {cores + 3} is more than the {cores} core(s) available" in result.output
+    assert f"concurrency {cores}, 1 thread(s) per job" in result.output
+    result = cli("worker", "--concurrency", cores, "--until-empty")
+    assert_exit(result, 0)
+    assert "warning" not in result.output and f"concurrency {cores}, 1 thread(s) per job" in result.output
+
+
 # ---- sweeps -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, values", [
     ("0.1,0.01", ["0.1", "0.01"]),

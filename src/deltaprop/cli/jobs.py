@@ -45,7 +45,8 @@ def submit(
 
 @handle_errors
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Jobs at once; the cores are divided among them.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Jobs at once; the cores are divided among them "
+                                                           "(local: at most one job per core).")] = 1,
     executor: Annotated[str, typer.Option(help="local (child processes) or ray.")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (executor ray).")] = None,
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when the queue is empty.")] = False,

@@ -6,7 +6,7 @@ Each job runs as `deltaprop resume RUN_DIR` in a child process (its output appen
 RUN_DIR/log.txt), so a crash in a plugin kills one job, not the worker; `resume` starts from the
 newest valid checkpoint, or from the beginning when there is none. The machine's cores are divided
 among the concurrent jobs (Numba threads per job; BLAS stays single-threaded), so concurrency
-never oversubscribes. The worker renews each job's lease by heartbeat; if a lease is lost (the
+never oversubscribes; a concurrency above the core count is capped to it, with a warning. The worker renews each job's lease by heartbeat; if a lease is lost (the
 queue gave the job to someone else) the job is killed. SIGTERM/SIGINT drain: running jobs get
 SIGTERM, checkpoint, and go back to the queue without spending an attempt.
 """
@@ -80,14 +80,21 @@ class Worker:
     def __init__(self, queue: Queue, concurrency: int = 1, executor=None, lease_s: float = LEASE_S,
                  heartbeat_s: float = HEARTBEAT_S, log=print):
         self.queue = queue
+        self.log = log
         self.concurrency = max(1, concurrency)
         self.executor = executor or LocalExecutor()
-        self.threads = max(1, default_threads() // self.concurrency)
+        cores = default_threads()
+        if isinstance(self.executor, LocalExecutor) and self.concurrency > cores:
+            # a job needs at least one thread: more jobs than cores would oversubscribe them
+            # (Ray instead queues tasks until their num_cpus are free, on cores it counts itself)
+            self.log(f"warning: --concurrency {self.concurrency} is more than the {cores} core(s) available; "
+                     f"running {cores} job(s) at a time so they do not oversubscribe the cores")
+            self.concurrency = cores
+        self.threads = max(1, cores // self.concurrency)
         self.lease_s, self.heartbeat_s = lease_s, heartbeat_s
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[int, Running] = {}
         self.draining = False
-        self.log = log
 
     def _on_signal(self, signum, frame):
         if not self.draining:
