@@ -7,9 +7,12 @@ subprocess. Each must be reported by name as broken, with a reason, while the bu
 example plugin and the CLI keep working. Every test builds its own registry with `load_registry()`.
 """
 
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
+import subprocess
 import sys
 import tomllib
 
@@ -370,3 +373,94 @@ def test_every_hookspec_is_exercised():
         assert hook in specs, f"EXERCISED_HOOKS lists {hook!r}, which is not a hookspec"
         for t in tests:
             assert callable(globals().get(t)), f"EXERCISED_HOOKS[{hook!r}] names a missing test {t}"
+
+
+# ---- the kernel cache key covers what an activation compiles from ---------------------------------------
+PLUGIN_SOURCE = '''
+import math
+import numba
+import numpy as np
+
+SCALE = {scale}
+OFFSETS = (0.0, {offset})
+TABLE = np.array([1.0, {table}])
+
+
+@numba.njit
+def _helper(x):
+    return x * {factor} + OFFSETS[1] + TABLE[1]
+
+
+@numba.njit
+def _ping(x):  # mutual recursion: the walk must end
+    return x if x < 1.0 else _pong(x - 1.0)
+
+
+@numba.njit
+def _pong(x):
+    return _ping(x)
+
+
+@numba.njit
+def forward(x):
+    return _helper(x) * SCALE + math.tanh(x) + _ping(0.0)
+
+
+@numba.njit
+def derivative(x):
+    return {factor} * SCALE
+'''
+PLUGIN_DEFAULTS = dict(scale=1.5, offset=0.25, table=2.0, factor=2.0)
+
+
+def _plugin_module(tmp_path, **changes):
+    """The module above with some values changed, imported under one fixed name from its own dir
+    (as an edited plugin would be in a new process)."""
+    values = {**PLUGIN_DEFAULTS, **changes}
+    path = tmp_path / "-".join(f"{k}{v}" for k, v in values.items()) / "edited_plugin.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(PLUGIN_SOURCE.format(**values))
+    spec = importlib.util.spec_from_file_location("edited_plugin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
+    """Editing a plugin's module constant, a tuple or array it reads, or the body of a jitted helper
+    changes the compiled kernels' cache key, with the plugin's own functions and version unchanged;
+    the same source gives the same key."""
+    from deltaprop.plugins.activation import Activation
+    from deltaprop.plugins.compile import _fingerprint, network_kernels
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the generated files go there
+
+    def key(module):
+        act = Activation("edited", module.forward, module.derivative, source="edited-plugin", version="1.0")
+        return network_kernels((builtin.BUILTINS[0], act)).__name__
+
+    base = _plugin_module(tmp_path)
+    assert key(_plugin_module(tmp_path / "again")) == key(base)
+    for change in (dict(scale=2.5), dict(offset=0.5), dict(table=3.0)):
+        edited = _plugin_module(tmp_path, **change)
+        assert edited.forward.py_func.__code__.co_code == base.forward.py_func.__code__.co_code
+        assert _fingerprint(edited.forward) != _fingerprint(base.forward), change
+        assert key(edited) != key(base), change
+    helper = _plugin_module(tmp_path, factor=3.0)  # forward's own bytecode is the same: only _helper's differs
+    assert helper.forward.py_func.__code__.co_code == base.forward.py_func.__code__.co_code
+    assert _fingerprint(helper.forward) != _fingerprint(base.forward)
+    assert key(helper) != key(base)
+
+
+def test_fingerprint_is_the_same_in_another_process():
+    """No memory address or other per-process value in the fingerprint (else the cache never hits):
+    builtins that call a jitted helper (silu -> sigmoid) and read a constant (gelu -> _SQRT1_2)."""
+    from deltaprop.plugins.compile import _fingerprint
+    names = ("silu", "silu_grad", "gelu", "gelu_grad", "softplus_grad")
+    here = [hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in names]
+    code = ("import hashlib; from deltaprop.plugins import builtin; from deltaprop.plugins.compile import _fingerprint; "
+            f"print(*[hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in {names!r}])")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert there.returncode == 0, there.stderr
+    assert there.stdout.split() == here
+    assert b"_SQRT1_2', '0.7071067811865475'" in _fingerprint(builtin.gelu)
+    assert b"'sigmoid'" in _fingerprint(builtin.silu) and b"0x" not in _fingerprint(builtin.silu)

@@ -4,8 +4,8 @@
 this module generates those two functions (one loop per activation, the branch on the id hoisted
 out of the loops), appends them to the template's source, writes the file into the kernel cache
 directory under a name that hashes everything the compiled code depends on (template source,
-the other kernel modules it calls, activation bytecode, plugin versions, deltaprop/Numba
-versions), and imports it. Numba's on-disk
+the other kernel modules it calls, activation bytecode with the helpers and constants it reads,
+plugin versions, deltaprop/Numba versions), and imports it. Numba's on-disk
 cache then works as for any file; editing a plugin changes the hash, so a stale kernel is never
 loaded. Compilation happens on first call, never at import. A read-only or broken cache directory
 falls back to a private temporary one.
@@ -17,7 +17,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, FunctionType, ModuleType
+
+import numpy as np
 
 from .activation import Activation
 
@@ -33,9 +35,84 @@ def cache_dir() -> Path:
     return Path(xdg) / "deltaprop" / "kernels"
 
 
+# Code from these packages is pinned by their versions (Numba's is in the hash; the rest is stable).
+_PINNED = {"numba", "numpy", "math", "cmath", "builtins", "llvmlite"}
+_SCALARS = (bool, int, float, complex, str, bytes, type(None), np.generic)
+
+
 def _fingerprint(fn) -> bytes:
-    code = getattr(fn, "py_func", fn).__code__
-    return repr((code.co_code, code.co_consts, code.co_names, fn.__module__, fn.__qualname__)).encode()
+    """Everything a jitted scalar function compiles from: its bytecode, and recursively that of
+    the jitted (or plain) functions it calls through module globals or closures, plus the values
+    of the module-level constants, tuples and arrays it reads (Numba freezes those into the
+    machine code). Without this, editing a plugin's helper or constant would load a stale kernel."""
+    out: list = []
+    _walk(fn, out, set())
+    return repr(out).encode()
+
+
+def _walk(fn, out: list, seen: set) -> None:
+    py = getattr(fn, "py_func", fn)
+    if id(py) in seen:  # recursion, or a helper called twice
+        out.append(("seen", py.__module__, py.__qualname__))
+        return
+    seen.add(id(py))
+    code = py.__code__
+    out.append(("fn", py.__module__, py.__qualname__, _code(code), _const(py.__defaults__)))
+    names = _names(code)
+    refs = [(n, py.__globals__[n]) for n in names if n in py.__globals__]
+    for name, cell in zip(code.co_freevars, py.__closure__ or ()):
+        try:
+            refs.append((name, cell.cell_contents))
+        except ValueError:  # an empty cell
+            refs.append((name, None))
+    for name, value in refs:
+        if isinstance(value, ModuleType):  # helpers.SCALE, helpers.f: attributes read by name
+            if value.__name__.split(".")[0] not in _PINNED:
+                for attr in names:
+                    if attr in vars(value):
+                        _value(f"{name}.{attr}", vars(value)[attr], out, seen)
+        else:
+            _value(name, value, out, seen)
+
+
+def _value(name: str, value, out: list, seen: set) -> None:
+    if hasattr(value, "py_func") or isinstance(value, FunctionType):
+        module = getattr(value, "__module__", None) or ""
+        if module.split(".")[0] in _PINNED:
+            out.append(("ref", name, module, getattr(value, "__qualname__", "")))
+        else:
+            _walk(value, out, seen)
+    elif isinstance(value, np.ndarray):
+        out.append(("array", name, value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest()))
+    else:
+        const = _const(value)
+        if const is not None:
+            out.append(("const", name, const))
+
+
+def _const(value) -> str | None:
+    """repr of a scalar or a (nested) tuple of scalars, else None (not a value Numba freezes)."""
+    if isinstance(value, _SCALARS):
+        return repr(value)
+    if isinstance(value, tuple):
+        items = [_const(v) for v in value]
+        return None if None in items else "(" + ", ".join(items) + ",)"
+    return None
+
+
+def _code(code: CodeType) -> tuple:
+    """Bytecode, constants and names of a code object, nested code objects included (their repr
+    would hold a memory address, different in every process)."""
+    consts = tuple(_code(c) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.co_code, consts, code.co_names, code.co_freevars
+
+
+def _names(code: CodeType) -> list[str]:
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            names += [n for n in _names(c) if n not in names]
+    return names
 
 
 def _act_source(acts: tuple[Activation, ...]) -> str:
