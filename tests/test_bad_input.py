@@ -5,6 +5,7 @@ the two in step.
 """
 
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deltaprop.cli.main import app
+from deltaprop.service.checkpoint import read_safetensors, write_safetensors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BASE = '[model]\nhidden = [8]\n[data]\ntrain = "{train}"\ntest = ""\n[training]\nepochs = 1\n'
@@ -47,6 +49,17 @@ def files(tmp_path_factory):
     flipped = bytearray(model)
     flipped[-3] ^= 0x10
     (d / "flipped.safetensors").write_bytes(bytes(flipped))
+    # hand-crafted metadata with a valid checksum
+    tensors, meta = read_safetensors(d / "run" / "model.safetensors")
+    for name, change in [("acts", {"activations": ["relu"]}), ("loss", {"loss": "hinge"}),
+                         ("stats", {"preprocess": {**meta["preprocess"], "mean": [0.0] * 3}})]:
+        write_safetensors(d / f"{name}.safetensors", tensors, {**meta, **change})
+    shutil.copytree(d / "run", d / "badstate")
+    (d / "badstate" / "model.safetensors").unlink()
+    for path in (d / "badstate" / "checkpoints").iterdir():
+        tensors, meta = read_safetensors(path)
+        del meta["state"]["pos"]
+        write_safetensors(path, tensors, meta)
     return d
 
 
@@ -102,6 +115,17 @@ CASES = [
                                                    str(d / "ok.npz")], ["flipped.safetensors", "checksum"]),
     ("hostile safetensors header", lambda d: ["evaluate", str(d / "hostile.safetensors"), "--data",
                                               str(d / "ok.npz")], ["hostile.safetensors", "header"]),
+    ("model metadata with the wrong number of activations",
+     lambda d: ["evaluate", str(d / "acts.safetensors"), "--data", str(d / "ok.npz")],
+     ["acts.safetensors", "lists 1 activations for 2 dense layers"]),
+    ("model metadata with an unknown loss",
+     lambda d: ["evaluate", str(d / "loss.safetensors"), "--data", str(d / "ok.npz")],
+     ["loss.safetensors", "unknown loss 'hinge'"]),
+    ("preprocessing statistics of the wrong length",
+     lambda d: ["evaluate", str(d / "stats.safetensors"), "--data", str(d / "ok.npz")],
+     ["stats.safetensors", "preprocess.mean has 3 values for 4 input features"]),
+    ("checkpoint with a malformed training state", lambda d: ["resume", str(d / "badstate")],
+     ["no valid checkpoint", "step-", "invalid training state", "missing pos"]),
     ("train into a directory holding a run", lambda d: ["train", cfg(d), "--run-dir", str(d / "run")],
      ["already holds a run", "deltaprop resume"]),
     ("resume a directory that is not a run", lambda d: ["resume", str(d)], ["not a run directory", "config.toml"]),

@@ -345,3 +345,82 @@ def test_latest_valid_none_valid_or_empty(tmp_path):
     with pytest.raises(CheckpointError) as e:
         latest_valid(tmp_path)
     assert "no valid checkpoint" in str(e.value) and str(p) in str(e.value)
+
+
+def test_latest_valid_check_rejects_and_falls_back(tmp_path):
+    """A `check` that raises CheckpointError skips that checkpoint like a corrupt one."""
+    d = tmp_path / "ck"
+    for s in (1, 2, 3):
+        save_checkpoint(d, s, {"w": np.full(2, s, dtype=np.float64)}, {"step": s, "ok": s < 3}, keep=5)
+
+    def check(path, tensors, meta):
+        if not meta["ok"]:
+            raise CheckpointError(f"{path}: not ok")
+
+    path, tensors, meta, skipped = latest_valid(d, check=check)
+    assert path == d / checkpoint_name(2) and meta["step"] == 2
+    assert skipped == [(d / checkpoint_name(3), f"{d / checkpoint_name(3)}: not ok")]
+    with pytest.raises(CheckpointError, match="no valid checkpoint.*not ok"):
+        latest_valid(d, check=lambda p, t, m: check(p, t, {"ok": False}))
+
+
+# ---- model metadata: a valid checksum does not make a file a usable model -----------------------
+
+def _model_file(path: Path) -> Path:
+    from deltaprop.service.model import Model
+    rng = np.random.default_rng(3)
+    theta = rng.normal(size=4 * 8 + 8 + 8 * 3 + 3).astype(np.float32)
+    Model([4, 8, 3], ["relu", "identity"], "cross_entropy", "float32", theta, np.zeros(4, np.float32),
+          np.ones(4, np.float32), "standardize", {"relu": {"source": "deltaprop", "version": "0"}}).save(path)
+    return path
+
+
+def _pre(meta, **over):
+    return {**meta["preprocess"], **over}
+
+
+# name -> (metadata change, tensor change, message)
+BAD_MODELS = {
+    "too_few_activations": (lambda m: {"activations": ["relu"]}, None, "lists 1 activations for 2 dense layers"),
+    "too_many_activations": (lambda m: {"activations": ["relu", "relu", "identity"]}, None,
+                             "lists 3 activations for 2 dense layers"),
+    "activations_not_names": (lambda m: {"activations": "relu"}, None, "'activations' must be a list"),
+    "unknown_loss": (lambda m: {"loss": "hinge"}, None, "unknown loss 'hinge'"),
+    "unknown_dtype": (lambda m: {"dtype": "float16"}, None, "unknown dtype 'float16'"),
+    "no_sizes": (lambda m: {"sizes": None}, None, "'sizes' must list"),
+    "sizes_not_ints": (lambda m: {"sizes": [4.0, 8, 3]}, None, "'sizes' must list"),
+    "short_mean": (lambda m: {"preprocess": _pre(m, mean=[0.0] * 3)}, None,
+                   "preprocess.mean has 3 values for 4 input features"),
+    "long_inv_std": (lambda m: {"preprocess": _pre(m, inv_std=[1.0] * 400)}, None,
+                     "preprocess.inv_std has 400 values for 4 input features"),
+    "inv_std_strings": (lambda m: {"preprocess": _pre(m, inv_std=["1"] * 4)}, None,
+                        "preprocess.inv_std must be a list of numbers"),
+    "no_preprocess": (lambda m: {"preprocess": None}, None, "'preprocess' must hold"),
+    "plugins_not_a_table": (lambda m: {"plugins": {"relu": "deltaprop"}}, None, "'plugins' must map"),
+    "config_not_a_table": (lambda m: {"config": {"data": "x"}}, None, "'config' must be a table"),
+    "missing_bias": (lambda m: {}, lambda t: t.pop("layers.1.bias"), "layers.1.bias is missing"),
+    "nan_weight": (lambda m: {}, lambda t: t["layers.0.weight"].__setitem__((0, 0), np.nan),
+                   "1 weight(s) are NaN or Inf"),
+    "int_weights": (lambda m: {}, lambda t: t.__setitem__("layers.1.bias", np.zeros(3, np.int32)),
+                    "not floating point"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_hand_crafted_model_metadata_is_rejected(tmp_path, case):
+    """Each of these once reached the engine (ValueError, KeyError) or compiled code (a short
+    preprocess.mean was read out of bounds); now load_model names the file and the problem."""
+    from deltaprop.service.model import load_model
+    change_meta, change_tensors, msg = BAD_MODELS[case]
+    good = _model_file(tmp_path / "good.safetensors")
+    assert load_model(good).sizes == [4, 8, 3]
+    tensors, meta = read_safetensors(good)
+    meta.update(change_meta(meta))
+    if change_tensors:
+        change_tensors(tensors)
+    p = tmp_path / f"{case}.safetensors"
+    write_safetensors(p, tensors, meta)  # a valid checksum
+    read_safetensors(p)
+    with pytest.raises(CheckpointError) as e:
+        load_model(p)
+    assert str(p) in str(e.value) and msg in str(e.value)

@@ -6,6 +6,7 @@ then resumed, as many times as it takes, must end with byte-identical weights.
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,24 +143,94 @@ def test_signal_writes_checkpoint_then_resume_matches(tmp_path, data, sig):
         assert _weights(run_dir)[name].tobytes() == value.tobytes(), name
 
 
-def test_resume_skips_corrupted_newest_checkpoint(tmp_path, data):
-    """Corrupt the final checkpoint of a finished run and drop its model: resume falls back to
-    the previous checkpoint, says so, and still ends with the uninterrupted weights."""
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data):
+    """A finished run (seed 5) and its final weights; tests work on copies."""
+    tmp = tmp_path_factory.mktemp("finished")
+    run = train_run(read_config(_config(tmp, data, 5)), tmp / "run")
+    return run.run_dir, {k: v.tobytes() for k, v in _weights(run.run_dir).items()}
+
+
+def _copy_without_model(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest)
+    (dest / "model.safetensors").unlink()
+    return dest
+
+
+def _resume_cli(run_dir: Path):
     from typer.testing import CliRunner
 
     from deltaprop.cli.main import app
-    cfg = _config(tmp_path, data, 5)
-    run = train_run(read_config(cfg), tmp_path / "run")
-    expected = {k: v.tobytes() for k, v in _weights(run.run_dir).items()}
-    (run.run_dir / "model.safetensors").unlink()
-    newest = list_checkpoints(run.run_dir / "checkpoints")[-1]
+    return CliRunner().invoke(app, ["resume", str(run_dir)])
+
+
+def test_resume_skips_corrupted_newest_checkpoint(tmp_path, finished):
+    """Corrupt the final checkpoint of a finished run and drop its model: resume falls back to
+    the previous checkpoint, says so, and still ends with the uninterrupted weights."""
+    run_dir, expected = finished
+    run_dir = _copy_without_model(run_dir, tmp_path / "run")
+    newest = list_checkpoints(run_dir / "checkpoints")[-1]
     raw = bytearray(newest.read_bytes())
     raw[-5] ^= 0xFF
     newest.write_bytes(bytes(raw))
-    result = CliRunner().invoke(app, ["resume", str(run.run_dir)])
+    result = _resume_cli(run_dir)
     assert result.exit_code == 0, result.output
-    assert "skipping unreadable checkpoint" in result.output and newest.name in result.output
-    assert {k: v.tobytes() for k, v in _weights(run.run_dir).items()} == expected
+    assert "skipping unusable checkpoint" in result.output and newest.name in result.output
+    assert "checksum mismatch" in result.output
+    assert {k: v.tobytes() for k, v in _weights(run_dir).items()} == expected
+
+
+def _set(d: dict, key: str, value):
+    d[key] = value
+
+
+# name -> (change to (tensors, metadata) of the newest checkpoint, fragment of the message)
+BAD_CHECKPOINTS = {
+    "state_not_an_object": (lambda t, m: _set(m, "state", "oops"), "expected a JSON object, got str"),
+    "state_missing_key": (lambda t, m: m["state"].pop("pos"), "missing pos"),
+    "state_unknown_key": (lambda t, m: _set(m["state"], "extra", 1), "unknown extra"),
+    "state_wrong_type": (lambda t, m: _set(m["state"], "epoch", "3"), "epoch must be an integer >= 0, got '3'"),
+    "state_negative": (lambda t, m: _set(m["state"], "step", -4), "step must be an integer >= 0"),
+    "state_nan_loss": (lambda t, m: _set(m["state"], "loss_sum", float("nan")), "loss_sum must be a finite"),
+    "state_bad_rng": (lambda t, m: _set(m["state"], "epoch_rng", {"bit_generator": "MT19937", "state": 5}),
+                      "epoch_rng is not a PCG64 state"),
+    "state_history_not_a_list": (lambda t, m: _set(m["state"], "history", {}), "history must be a list"),
+    "state_pos_past_the_data": (lambda t, m: m["state"].update(pos=10**6, seen=10**6),
+                                "does not fit 2700 training rows"),
+    "state_step_inconsistent": (lambda t, m: _set(m["state"], "step", m["state"]["step"] + 1),
+                                "does not match epoch"),
+    "activations_short": (lambda t, m: _set(m, "activations", m["activations"][:1]),
+                          "lists 1 activations for 3 dense layers"),
+    "loss_unknown": (lambda t, m: _set(m, "loss", "hinge"), "unknown loss 'hinge'"),
+    "mean_short": (lambda t, m: m["preprocess"].update(mean=[0.0] * 3), "preprocess.mean has 3 values"),
+    "optimizer_tensor_short": (lambda t, m: _set(t, "optimizer.exp_avg", t["optimizer.exp_avg"][:10]),
+                               "optimizer tensor optimizer.exp_avg must be"),
+    "optimizer_tensor_missing": (lambda t, m: t.pop("optimizer.exp_avg_sq"),
+                                 "missing optimizer tensor optimizer.exp_avg_sq"),
+    "inf_weight": (lambda t, m: t["layers.1.bias"].__setitem__(0, np.inf), "weight(s) are NaN or Inf"),
+    "best_theta_short": (lambda t, m: _set(t, "early_stopping.best_theta", np.zeros(3, np.float32)),
+                         "early_stopping.best_theta must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_resume_falls_back_past_a_checkpoint_with_bad_contents(tmp_path, finished, case):
+    """A hand-crafted newest checkpoint (valid checksum, unusable contents) is skipped like a
+    corrupted one: resume says why, continues from the previous one and ends bit-exact."""
+    from deltaprop.service.checkpoint import write_safetensors
+    change, fragment = BAD_CHECKPOINTS[case]
+    run_dir, expected = finished
+    run_dir = _copy_without_model(run_dir, tmp_path / "run")
+    newest = list_checkpoints(run_dir / "checkpoints")[-1]
+    tensors, meta = read_safetensors(newest)
+    change(tensors, meta)
+    write_safetensors(newest, tensors, meta)
+    result = _resume_cli(run_dir)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and result.exception is None
+    message = " ".join(result.output.split())
+    assert f"skipping unusable checkpoint {newest.name}" in message and fragment in message, message
+    assert {k: v.tobytes() for k, v in _weights(run_dir).items()} == expected
 
 
 def test_divergence_stops_with_exit_1_and_keeps_checkpoint(tmp_path, data):

@@ -263,12 +263,17 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, np.ndarray], 
     return path
 
 
-def latest_valid(directory: Path) -> tuple[Path, dict[str, np.ndarray], dict, list[tuple[Path, str]]]:
-    """Newest checkpoint that reads cleanly: (path, tensors, metadata, skipped newer (path, error))."""
+def latest_valid(directory: Path, check=None) -> tuple[Path, dict[str, np.ndarray], dict, list[tuple[Path, str]]]:
+    """Newest checkpoint that reads cleanly: (path, tensors, metadata, skipped newer (path, error)).
+
+    `check(path, tensors, metadata)`, if given, validates the contents further (e.g. the trainer's
+    restore); a CheckpointError from it skips that checkpoint too."""
     skipped: list[tuple[Path, str]] = []
     for p in reversed(list_checkpoints(directory)):
         try:
             tensors, metadata = read_safetensors(p)
+            if check is not None:
+                check(p, tensors, metadata)
         except CheckpointError as e:
             skipped.append((p, str(e)))
             continue

@@ -13,6 +13,9 @@ import numpy as np
 from ..errors import CheckpointError, DataError
 from .checkpoint import read_safetensors, write_safetensors
 
+LOSSES = ("cross_entropy", "mse")
+DTYPES = ("float32", "float64")
+
 
 @dataclass
 class Model:
@@ -106,24 +109,65 @@ class Model:
 
     @classmethod
     def from_parts(cls, tensors: dict, meta: dict, source: str) -> "Model":
-        """Rebuild from a model or checkpoint file's tensors and metadata."""
-        try:
-            sizes = [int(s) for s in meta["sizes"]]
-            dtype = str(meta["dtype"])
-            layers = []
-            for i in range(len(sizes) - 1):
-                W, b = tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]
-                if W.shape != (sizes[i + 1], sizes[i]) or b.shape != (sizes[i + 1],):
-                    raise CheckpointError(f"{source}: layers.{i} has shape {W.shape}/{b.shape}, "
-                                          f"metadata says ({sizes[i + 1]}, {sizes[i]})")
-                layers += [W.ravel(), b]
-            pre = meta["preprocess"]
-            return cls(sizes, list(meta["activations"]), str(meta["loss"]), dtype,
-                       np.concatenate(layers).astype(dtype),
-                       np.asarray(pre["mean"], dtype), np.asarray(pre["inv_std"], dtype),
-                       str(pre["scale"]), dict(meta.get("plugins", {})), dict(meta.get("config", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: not a deltaprop model (missing or invalid {exc})") from None
+        """Rebuild from a model or checkpoint file's tensors and metadata, validated first.
+
+        The checksum only proves the file is as written, not that a deltaprop wrote it: every
+        field the compiled code trusts (sizes, activation count, loss, dtype, preprocessing length,
+        finite weights) is checked here, and a problem is a CheckpointError naming the file."""
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"{source}: not a usable deltaprop model: {what}")
+
+        sizes, acts, loss, dtype = (meta.get(k) for k in ("sizes", "activations", "loss", "dtype"))
+        if not (isinstance(sizes, list) and len(sizes) >= 2 and all(_is_int(s) and s >= 1 for s in sizes)):
+            raise bad(f"metadata 'sizes' must list two or more layer sizes >= 1, got {sizes!r}")
+        if not (isinstance(acts, list) and all(isinstance(a, str) for a in acts)):
+            raise bad(f"metadata 'activations' must be a list of names, got {acts!r}")
+        if len(acts) != len(sizes) - 1:
+            raise bad(f"metadata lists {len(acts)} activations for {len(sizes) - 1} dense layers "
+                      f"(sizes {sizes})")
+        if loss not in LOSSES:
+            raise bad(f"unknown loss {loss!r} in the metadata (expected one of {', '.join(LOSSES)})")
+        if dtype not in DTYPES:
+            raise bad(f"unknown dtype {dtype!r} in the metadata (expected one of {', '.join(DTYPES)})")
+        layers = []
+        for i in range(len(sizes) - 1):
+            W, b = tensors.get(f"layers.{i}.weight"), tensors.get(f"layers.{i}.bias")
+            if W is None or b is None:
+                raise bad(f"tensor layers.{i}.{'weight' if W is None else 'bias'} is missing")
+            if W.shape != (sizes[i + 1], sizes[i]) or b.shape != (sizes[i + 1],):
+                raise CheckpointError(f"{source}: layers.{i} has shape {W.shape}/{b.shape}, "
+                                      f"metadata says ({sizes[i + 1]}, {sizes[i]})")
+            if W.dtype.kind != "f" or b.dtype.kind != "f":
+                raise bad(f"layers.{i} has dtype {W.dtype}/{b.dtype}, not floating point")
+            layers += [W.ravel(), b]
+        theta = np.concatenate(layers).astype(dtype)
+        if not np.isfinite(theta).all():
+            raise bad(f"{int((~np.isfinite(theta)).sum())} weight(s) are NaN or Inf")
+        pre = meta.get("preprocess")
+        if not (isinstance(pre, dict) and isinstance(pre.get("scale"), str)):
+            raise bad(f"metadata 'preprocess' must hold scale, mean and inv_std, got {pre!r}")
+        stats = {}
+        for key in ("mean", "inv_std"):
+            v = pre.get(key)
+            if not (isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                for x in v)):
+                raise bad(f"preprocess.{key} must be a list of numbers")
+            if len(v) != sizes[0]:
+                raise bad(f"preprocess.{key} has {len(v)} values for {sizes[0]} input features")
+            stats[key] = np.asarray(v, dtype)
+            if not np.isfinite(stats[key]).all():
+                raise bad(f"preprocess.{key} holds NaN or Inf")
+        plugins, config = meta.get("plugins", {}), meta.get("config", {})
+        if not (isinstance(plugins, dict) and all(isinstance(v, dict) for v in plugins.values())):
+            raise bad("metadata 'plugins' must map activation names to {source, version}")
+        if not (isinstance(config, dict) and all(isinstance(v, dict) for v in config.values())):
+            raise bad("metadata 'config' must be a table of sections")
+        return cls(list(sizes), list(acts), loss, dtype, theta, stats["mean"], stats["inv_std"],
+                   pre["scale"], dict(plugins), dict(config))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _r2(err: np.ndarray, t: np.ndarray) -> float:

@@ -23,13 +23,13 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, PluginError, TrainingFailed
-from .checkpoint import latest_valid, save_checkpoint
+from .checkpoint import latest_valid, list_checkpoints, read_safetensors, save_checkpoint
 from .config import Config, config_from_dict
 from .engine import Engine, OptimizerSpec
 from .model import Model
@@ -93,6 +93,14 @@ class State:
 
 def _metric_is_loss(monitor: str) -> bool:
     return monitor.endswith("loss")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 class Trainer:
@@ -181,18 +189,72 @@ class Trainer:
         return save_checkpoint(self.run_dir / "checkpoints", self.state.step, tensors, meta,
                                self.config.checkpoint.keep)
 
-    def _restore(self, tensors: dict, meta: dict, path: Path) -> None:
+    def _restore(self, path: Path, tensors: dict, meta: dict) -> None:
+        """Continue from a checkpoint. Everything is validated before anything is assigned, so a
+        CheckpointError leaves the trainer untouched and the caller can try an older checkpoint."""
         restored = Model.from_parts(tensors, meta, str(path))
         if restored.sizes != self.prep.model.sizes:
             raise CheckpointError(f"{path}: layer sizes {restored.sizes} do not match the run's config")
-        self.theta[:] = restored.theta
-        for i, name in enumerate(OPT_STATE_NAMES[self.opt.name]):
-            if name not in tensors:
+        n = self.theta.size
+        opt = []
+        for name in OPT_STATE_NAMES[self.opt.name]:
+            a = tensors.get(name)
+            if a is None:
                 raise CheckpointError(f"{path}: missing optimizer tensor {name}")
-            self.opt_state[i] = tensors[name]
-        if "early_stopping.best_theta" in tensors:
-            self.best_theta = tensors["early_stopping.best_theta"].astype(self.theta.dtype)
-        self.state = State(**meta["state"])
+            if a.shape != (n,) or a.dtype.kind != "f" or not np.isfinite(a).all():
+                raise CheckpointError(f"{path}: optimizer tensor {name} must be {n} finite numbers, "
+                                      f"got shape {a.shape} {a.dtype}")
+            opt.append(a)
+        best = tensors.get("early_stopping.best_theta")
+        if best is not None and (best.shape != (n,) or best.dtype.kind != "f" or not np.isfinite(best).all()):
+            raise CheckpointError(f"{path}: early_stopping.best_theta must be {n} finite numbers, "
+                                  f"got shape {best.shape} {best.dtype}")
+        state = self._checked_state(meta.get("state"), path)
+        self.theta[:] = restored.theta
+        for i, a in enumerate(opt):
+            self.opt_state[i] = a
+        self.best_theta = None if best is None else best.astype(self.theta.dtype)
+        self.state = state
+
+    def _checked_state(self, raw, path: Path) -> State:
+        """The checkpoint's `state` as a State, if it is one this run can continue from."""
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"{path}: invalid training state in the metadata: {what}")
+
+        names = [f.name for f in fields(State)]
+        if not isinstance(raw, dict):
+            raise bad(f"expected a JSON object, got {type(raw).__name__}")
+        if set(raw) != set(names):
+            missing, extra = sorted(set(names) - set(raw)), sorted(set(raw) - set(names))
+            raise bad("; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                + ([f"unknown {', '.join(extra)}"] if extra else [])))
+        for k in ("epoch", "pos", "step", "correct", "seen", "best_epoch", "bad_epochs"):
+            if not _is_int(raw[k]) or raw[k] < 0:
+                raise bad(f"{k} must be an integer >= 0, got {raw[k]!r}")
+        for k in ("loss_sum", "train_seconds", "best"):
+            v = raw[k]
+            if not (k == "best" and v is None) and not (_is_number(v) and math.isfinite(v)):
+                raise bad(f"{k} must be a finite number, got {v!r}")
+        if not isinstance(raw["finished"], bool):
+            raise bad(f"finished must be true or false, got {raw['finished']!r}")
+        if not (isinstance(raw["history"], list) and all(isinstance(m, dict) for m in raw["history"])):
+            raise bad("history must be a list of per-epoch metrics")
+        try:  # the shuffling RNG state must be one numpy accepts for this generator
+            np.random.default_rng(0).bit_generator.state = raw["epoch_rng"]
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise bad(f"epoch_rng is not a {type(np.random.default_rng(0).bit_generator).__name__} "
+                      f"state ({exc})") from None
+        st = State(**raw)
+        if st.epoch > self.config.training.epochs or len(st.history) != st.epoch:
+            raise bad(f"epoch {st.epoch} with {len(st.history)} epochs of history, in a run of "
+                      f"{self.config.training.epochs}")
+        if not st.correct <= st.seen <= st.pos <= self.n_train or (st.pos and not st.seen):
+            raise bad(f"position {st.pos} (seen {st.seen}, correct {st.correct}) does not fit "
+                      f"{self.n_train} training rows")
+        if st.step != st.epoch * self.steps_per_epoch + math.ceil(st.pos / self.batch):
+            raise bad(f"step {st.step} does not match epoch {st.epoch}, position {st.pos} "
+                      f"({self.steps_per_epoch} steps per epoch)")
+        return st
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval(self, split, prefix: str) -> dict:
@@ -211,11 +273,11 @@ class Trainer:
             return self._run(resume)
 
     def _run(self, resume: bool) -> RunResult:
-        found = self._newest_checkpoint() if resume else None
+        if resume:
+            self._check_plugins()  # before loading data: a missing plugin is named with its version
         self._setup()
-        if found:
-            self._restore(*found)
-        else:
+        found = self._newest_checkpoint() if resume else None
+        if found is None:
             if resume:
                 self.reporter.note("no checkpoint yet: starting the run from the beginning")
             self.state.epoch_rng = np.random.default_rng(self.config.training.seed).bit_generator.state
@@ -223,26 +285,39 @@ class Trainer:
                 self.state.epoch_rng = self.start.rng
         self._write_metrics_file()
         self.reporter.start(self.run_dir, self.config.training.epochs, self.steps_per_epoch,
-                            found[2].name if found else None)
+                            found.name if found else None)
         with self._signals() if self.run_dir is not None else _nothing():
             stopped_early = self._loop()
         return self._finish(stopped_early)
 
-    def _newest_checkpoint(self):
-        """(tensors, meta, path) of the newest valid checkpoint, or None; checks its plugins."""
+    def _check_plugins(self) -> None:
+        """A PluginError naming plugin and version if the newest readable checkpoint's activations
+        are not all registered."""
+        for path in reversed(list_checkpoints(self.run_dir / "checkpoints")):
+            try:
+                _, meta = read_safetensors(path)
+            except CheckpointError:
+                continue
+            plugins = meta.get("plugins")
+            for name, info in plugins.items() if isinstance(plugins, dict) else ():
+                if name not in self.registry.activations:
+                    info = info if isinstance(info, dict) else {}
+                    raise PluginError(
+                        f"checkpoint {path} uses activation {name!r} from plugin {info.get('source')} "
+                        f"{info.get('version')}, which is not installed or failed to load "
+                        f"(`deltaprop plugins list` shows why); install it to resume this run")
+            return
+
+    def _newest_checkpoint(self) -> Path | None:
+        """Restore the newest checkpoint that reads cleanly and fits this run, and return its path
+        (None: there are no checkpoints). Newer unusable ones are skipped, saying so."""
         ckpt_dir = self.run_dir / "checkpoints"
-        if not ckpt_dir.is_dir() or not any(ckpt_dir.glob("step-*.safetensors")):
+        if not list_checkpoints(ckpt_dir):
             return None
-        path, tensors, meta, skipped = latest_valid(ckpt_dir)
+        path, _, _, skipped = latest_valid(ckpt_dir, check=self._restore)
         for bad, why in skipped:
-            self.reporter.note(f"skipping unreadable checkpoint {bad.name}: {why}")
-        for name, info in meta.get("plugins", {}).items():
-            if name not in self.registry.activations:
-                raise PluginError(
-                    f"checkpoint {path} uses activation {name!r} from plugin {info.get('source')} "
-                    f"{info.get('version')}, which is not installed or failed to load "
-                    f"(`deltaprop plugins list` shows why); install it to resume this run")
-        return tensors, meta, path
+            self.reporter.note(f"skipping unusable checkpoint {bad.name} (falling back to an older one): {why}")
+        return path
 
     def _loop(self) -> bool:
         c, st = self.config, self.state
