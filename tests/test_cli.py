@@ -363,3 +363,30 @@ def test_real_process_train_then_evaluate(data, tmp_path):
     r = run_real("evaluate", run_dir, "--data", data["five"], "--json", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(data["five"]) in r.stderr and r.stdout == ""
+
+
+# ---- plugins -------------------------------------------------------------------------------------
+
+def test_resume_without_the_checkpoints_activation_plugin_names_plugin_and_version(data, tmp_path,
+                                                                                    monkeypatch):
+    """A run trained with the swish plugin, resumed where the plugin does not load: exit 2 naming
+    the activation, its plugin package and version, before any data is loaded; nothing changes."""
+    config = write_config(tmp_path / "swish.toml", data["train"], activation="swish", epochs=2)
+    run_dir = tmp_path / "swish-run"
+    assert_exit(cli("train", config, "--run-dir", run_dir), 0)
+    (run_dir / "model.safetensors").unlink()  # as if killed after the last checkpoint
+    before = file_hashes(run_dir)
+
+    monkeypatch.setenv("DELTAPROP_LOAD_PLUGINS", "")
+    use_registry(monkeypatch, load_registry())
+    r = cli("resume", run_dir)
+    assert_exit(r, 2)
+    message = " ".join(r.stderr.split())
+    assert "activation 'swish'" in message and "deltaprop-swish 0.1.0" in message, message
+    assert "checkpoints/step-" in message and "not installed" in message
+    assert file_hashes(run_dir) == before
+
+    monkeypatch.delenv("DELTAPROP_LOAD_PLUGINS")
+    use_registry(monkeypatch, load_registry())
+    assert_exit(cli("resume", run_dir), 0)  # with the plugin back, the run finishes
+    assert (run_dir / "model.safetensors").is_file()
