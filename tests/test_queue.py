@@ -578,6 +578,15 @@ def test_jobs_cli_list_show_logs_cancel_retry(q):
     assert [r["id"] for r in json.loads(result.stdout)] == [1, 2]
 
 
+def test_jobs_list_table_shows_names_with_brackets(q, monkeypatch):
+    """Sweep job names hold their grid values in brackets: the table prints them, not as markup."""
+    monkeypatch.setenv("COLUMNS", "250")
+    q.submit("c[optimizer.lr=0.1]", TOML)
+    result = cli("jobs", "list")
+    assert_exit(result, 0)
+    assert "c[optimizer.lr=0.1]" in result.output
+
+
 def test_jobs_cancel_a_running_job_via_cli(q):
     q.submit("j", TOML)
     job = q.claim("w", 60.0)

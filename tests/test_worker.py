@@ -399,6 +399,47 @@ def test_crashing_jobs_fail_after_max_attempts_and_the_worker_lives_on(tmp_path,
     q.close()
 
 
+# ---- sweep --wait: the leaderboard ------------------------------------------------------------------------
+@pytest.mark.fault
+def test_sweep_wait_prints_every_run_on_the_leaderboard(tmp_path, data):
+    """`deltaprop sweep --wait` (a real process) waits while a worker runs the grid, then prints a
+    leaderboard with every job, its name (grid values in brackets, not eaten as rich markup) and its
+    final test accuracy, best first."""
+    home = tmp_path / "home"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model]\nhidden = [16]\n[data]\ntrain = "{data}"\ntest = "{data}"\n'
+                      "[training]\nepochs = 1\nbatch_size = 64\n[checkpoint]\nevery_epochs = 0\n")
+    out_path = tmp_path / "sweep.out"
+    with open(out_path, "wb") as out:
+        sweep = subprocess.Popen([DELTAPROP, "sweep", str(config), "--grid", "optimizer.lr=0.02,0.001",
+                                  "--grid", "training.seed=1,2", "--wait"], stdout=out, stderr=subprocess.STDOUT,
+                                 env=_env(home, COLUMNS="250"))
+    try:
+        _wait_for(lambda: "submitted 4 jobs" in out_path.read_text(), 120, "the sweep to submit its jobs")
+        worker = Worker(home, tmp_path / "worker.log", "--concurrency", "2", "--until-empty")
+        assert worker.wait() == 0, worker.output()
+        assert sweep.wait(timeout=120) == 0, out_path.read_text()
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    out = out_path.read_text()
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert "leaderboard" in out and len(rows) == 4, out
+    q = Queue(home, create=False)
+    accuracy = {}
+    for job in q.list():
+        assert job.status == "succeeded", job
+        accuracy[job.id] = _metrics(job.run_dir)[-1]["test_accuracy"]
+        cells = [c.strip() for c in next(r for r in rows if r.split("│")[2].strip() == str(job.id)).split("│")[1:-1]]
+        assert cells[2:5] == [job.name, "succeeded", f"{accuracy[job.id]:.4f}"], (cells, out)
+        assert "[" in job.name and "training.seed=" in cells[2]
+    ranked = [int(r.split("│")[2]) for r in rows]
+    assert [int(r.split("│")[1]) for r in rows] == [1, 2, 3, 4]
+    assert [accuracy[i] for i in ranked] == sorted(accuracy.values(), reverse=True)
+    q.close()
+
+
 # ---- a job that cannot start ----------------------------------------------------------------------------
 @pytest.mark.fault
 def test_jobs_that_cannot_start_fail_and_the_worker_lives_on(tmp_path, configs):
