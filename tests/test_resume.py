@@ -6,6 +6,7 @@ then resumed, as many times as it takes, must end with byte-identical weights.
 
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -157,11 +158,15 @@ def _copy_without_model(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _resume_cli(run_dir: Path):
+def _cli(*args):
     from typer.testing import CliRunner
 
     from deltaprop.cli.main import app
-    return CliRunner().invoke(app, ["resume", str(run_dir)])
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _resume_cli(run_dir: Path):
+    return _cli("resume", run_dir)
 
 
 def test_resume_skips_corrupted_newest_checkpoint(tmp_path, finished):
@@ -246,3 +251,102 @@ def test_divergence_stops_with_exit_1_and_keeps_checkpoint(tmp_path, data):
     assert result.exit_code == 1, result.output
     assert "diverged" in result.output and "Traceback" not in result.output
     assert not (run_dir / "model.safetensors").exists()
+
+
+LATE_DIVERGENCE = """
+[model]
+hidden = [32]
+[data]
+train = "{data}"
+test = ""
+[training]
+epochs = 6
+batch_size = 64
+[optimizer]
+name = "sgd"
+lr = 0.05
+[schedule]
+name = "exponential"
+gamma = 1e6
+[checkpoint]
+every_steps = 20
+keep = 10
+"""
+
+
+def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, data):
+    """Epoch 1 trains (lr 0.05); the schedule multiplies lr by 1e6 per epoch, so epoch 2 blows up,
+    deterministically. Exit 1 with a clear message; every checkpoint written before loads and is
+    finite; a resume diverges again at the same step instead of continuing from NaN."""
+    from deltaprop.service.model import load_model
+    cfg = tmp_path / "late.toml"
+    cfg.write_text(LATE_DIVERGENCE.format(data=data))
+    run_dir = tmp_path / "late"
+    result = _cli("train", cfg, "--run-dir", run_dir)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    message = " ".join(result.output.split())
+    match = re.search(r"error: training diverged at epoch 2, step (\d+): the loss or gradient became "
+                      r"NaN/Inf \(learning rate 5e\+04\)\. The last good checkpoint in \S+ is kept", message)
+    assert match and "Traceback" not in result.output, message
+    assert 47 < int(match.group(1)) <= 94  # in epoch 2 (47 steps per epoch)
+    assert [m["epoch"] for m in _metrics(run_dir)] == [1]
+    assert not (run_dir / "model.safetensors").exists()
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    assert [int(p.stem.split("-")[1]) for p in ckpts][:3] == [20, 40, 47]
+    for path in ckpts:
+        model = load_model(path)  # validates the metadata and refuses non-finite weights
+        assert np.isfinite(model.theta).all() and model.theta.any()
+        assert read_safetensors(path)[1]["state"]["step"] < int(match.group(1))
+
+    again = _cli("resume", run_dir)
+    assert again.exit_code == 1, again.output
+    assert f"diverged at epoch 2, step {match.group(1)}:" in " ".join(again.output.split())
+    assert list_checkpoints(run_dir / "checkpoints") == ckpts
+
+
+def _poison_after(monkeypatch, poison_step: int):
+    """Make the compiled steps overflow the weights to Inf once global step `poison_step` is done,
+    without the loss or gradient showing it (as an update of huge lr * finite gradient can)."""
+    from deltaprop.service.engine import Engine
+    real = Engine.run_steps
+
+    def run_steps(self, X, mean, inv_std, y, perm, pos, n_steps, batch_size, theta, *args, **kwargs):
+        done, loss, correct = real(self, X, mean, inv_std, y, perm, pos, n_steps, batch_size, theta,
+                                   *args, **kwargs)
+        step0 = args[4]  # grad, opt, opt_state, lrs, step0
+        if step0 < poison_step <= step0 + done:
+            theta[3] = np.inf
+        return done, loss, correct
+
+    monkeypatch.setattr(Engine, "run_steps", run_steps)
+
+
+def test_weights_that_overflowed_are_never_saved(tmp_path, data, monkeypatch):
+    """The update of step 47 (the last of epoch 1) makes a weight Inf: the epoch's checkpoint is
+    not written, the run fails with exit 1, and the step-40 checkpoint is the newest."""
+    cfg = tmp_path / "late.toml"
+    cfg.write_text(LATE_DIVERGENCE.format(data=data))
+    run_dir = tmp_path / "overflow"
+    _poison_after(monkeypatch, 47)
+    result = _cli("train", cfg, "--run-dir", run_dir, "--set", "schedule.name=\"constant\"")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    message = " ".join(result.output.split())
+    assert "diverged at epoch" in message and "step 47: an update made the weights" in message, message
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
+        "step-0000000020.safetensors", "step-0000000040.safetensors"]
+    assert np.isfinite(read_safetensors(list_checkpoints(run_dir / "checkpoints")[-1])[0]["layers.0.weight"]).all()
+    assert not (run_dir / "model.safetensors").exists()
+
+
+def test_overflowed_weights_are_not_returned_without_a_run_dir(data, monkeypatch):
+    """In memory (the scikit-learn estimators): the final weights are checked too."""
+    from deltaprop.errors import TrainingFailed
+    from deltaprop.service.trainer import Trainer
+    cfg = read_config({"model": {"hidden": [32]}, "data": {"train": "", "test": ""},
+                       "training": {"epochs": 1, "batch_size": 64},
+                       "checkpoint": {"every_epochs": 0, "every_steps": 0}})
+    with np.load(data) as f:
+        arrays = (f["X"], f["y"])
+    _poison_after(monkeypatch, 47)
+    with pytest.raises(TrainingFailed, match="step 47: an update made the weights or optimizer state NaN/Inf"):
+        Trainer(cfg, None, arrays=arrays).run()

@@ -175,9 +175,26 @@ class Trainer:
         self.state.epoch_rng = self._draw()[1]
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def _diverged(self, step: int, what: str, lr: float) -> TrainingFailed:
+        kept = (f"The last good checkpoint in {self.run_dir / 'checkpoints'} is kept; "
+                if self.run_dir is not None else "")
+        return TrainingFailed(f"training diverged at epoch {self.state.epoch + 1}, step {step}: {what} "
+                              f"(learning rate {lr:.3g}). {kept}lower optimizer.lr or set "
+                              "training.clip_grad_norm.")
+
+    def _check_finite(self) -> None:
+        """Before anything is saved: an update can overflow the weights to Inf although its loss
+        and gradient were finite (the kernels check those), and such weights are never written."""
+        if not (np.isfinite(self.theta).all() and np.isfinite(self.opt_state).all()):
+            c, st = self.config, self.state
+            lr = lrs_for(max(st.step - 1, 0), 1, c.optimizer.lr, self.steps_per_epoch, self.total_steps,
+                         c.schedule)[0]
+            raise self._diverged(st.step, "an update made the weights or optimizer state NaN/Inf", lr)
+
     def _save(self) -> Path | None:
         if self.run_dir is None:
             return None
+        self._check_finite()
         m = self.prep.model
         tensors = m.layer_tensors()
         for i, name in enumerate(OPT_STATE_NAMES[self.opt.name]):
@@ -352,12 +369,7 @@ class Trainer:
                 st.step += done
                 st.train_seconds += dt
                 if done < n:
-                    kept = (f"The last good checkpoint in {self.run_dir / 'checkpoints'} is kept; "
-                            if self.run_dir is not None else "")
-                    raise TrainingFailed(
-                        f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: the loss or "
-                        f"gradient became NaN/Inf (learning rate {lrs[done]:.3g}). {kept}lower "
-                        "optimizer.lr or set training.clip_grad_norm.")
+                    raise self._diverged(st.step + 1, "the loss or gradient became NaN/Inf", lrs[done])
                 acc = st.correct / st.seen if self.prep.model.loss == "cross_entropy" else None
                 self.reporter.advance(done, st.loss_sum / st.seen, acc, sum(rows) / max(dt, 1e-9))
                 chunk = max(1, min(4096, int(CHUNK_SECONDS / max(dt / done, 1e-7))))
@@ -421,6 +433,7 @@ class Trainer:
     def _finish(self, stopped_early: bool) -> RunResult:
         es = self.config.early_stopping
         model = self.prep.model
+        self._check_finite()
         if es.patience and es.restore_best and self.best_theta is not None:
             model.theta = self.best_theta.copy()
         if self.run_dir is not None:
