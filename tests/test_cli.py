@@ -167,6 +167,30 @@ def test_evaluate_human_output(run, data):
     assert "accuracy" in r.stdout and f"n={N_TEST}" in r.stdout
 
 
+def test_evaluate_confusion_matrix_in_json_and_human_output(run, data, tmp_path):
+    """confusion[i][j] = test rows of true class i predicted as j, as computed from `predict`;
+    the human output prints the same matrix as a table, one row per true class."""
+    labels_path = tmp_path / "labels.npy"
+    assert_exit(cli("predict", run, "--data", data["test"], "--output", labels_path, "--classes"), 0)
+    pred = np.load(labels_path)
+    with np.load(data["test"]) as f:
+        y = f["y"]
+    expected = [[int(((y == i) & (pred == j)).sum()) for j in range(N_CLASSES)] for i in range(N_CLASSES)]
+    assert sum(map(sum, expected)) == N_TEST and len({p for p in pred}) > 1
+
+    res = one_json_object(cli("evaluate", run, "--data", data["test"], "--json").stdout)
+    assert res["confusion"] == expected
+    assert res["accuracy"] == pytest.approx(sum(expected[i][i] for i in range(N_CLASSES)) / N_TEST)
+
+    r = cli("evaluate", run, "--data", data["test"])
+    assert_exit(r, 0)
+    assert "confusion matrix (rows: true class, columns: predicted)" in r.stdout
+    table = r.stdout.split("columns: predicted)", 1)[1]
+    numbers = [found for line in table.splitlines() if (found := re.findall(r"\d+", line))]
+    assert numbers[0] == [str(j) for j in range(N_CLASSES)], r.stdout  # the header: predicted classes
+    assert numbers[1:] == [[str(i), *map(str, expected[i])] for i in range(N_CLASSES)], r.stdout
+
+
 def test_predict_probabilities_and_classes(run, data, tmp_path):
     probs_path, labels_path = tmp_path / "out.npy", tmp_path / "sub" / "labels.npy"
     assert_exit(cli("predict", run, "--data", data["test"], "--output", probs_path), 0)
