@@ -7,6 +7,7 @@ trained once per module and shared; tests that modify a run work on a copy.
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tomllib
@@ -335,6 +336,92 @@ def test_evaluate_on_missing_data(run, tmp_path):
     r = cli("evaluate", run, "--data", missing, "--json")
     assert_exit(r, 2)
     assert str(missing) in r.stderr
+
+
+def test_errors_on_a_terminal_keep_their_brackets(data, tmp_path, monkeypatch):
+    """On a terminal the error is styled with rich markup; the message itself must not be read as
+    markup ("[optimiser]" once vanished from the message)."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    from deltaprop.cli import common
+    out = io.StringIO()
+    monkeypatch.setattr(common, "err_console", Console(file=out, force_terminal=True, highlight=False,
+                                                       soft_wrap=True, width=300))
+    monkeypatch.setattr(common, "sys", types.SimpleNamespace(stderr=types.SimpleNamespace(isatty=lambda: True)))
+    config = tmp_path / "bad.toml"
+    config.write_text(data["config"].read_text() + "[optimiser]\nlr = 0.1\n")
+    assert_exit(cli("train", config, "--run-dir", tmp_path / "never"), 2)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    assert "error: " in text and "unknown section [optimiser] (did you mean 'optimizer'?)" in text, text
+    assert "\x1b[" in out.getvalue()  # styled
+
+
+# ---- Ctrl-C before the training loop ------------------------------------------------------------
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["deltaprop.service.data.load_dataset", "deltaprop.plugins.compile.network_kernels"])
+@pytest.mark.parametrize("command", ["train", "resume", "evaluate", "predict"])
+def test_ctrl_c_while_loading_or_compiling_exits_130_with_one_line(run, data, tmp_path, monkeypatch,
+                                                                    command, where):
+    """KeyboardInterrupt while reading data or compiling the kernels (before the trainer's own
+    SIGINT handling starts): exit 130 and one line on stderr, no traceback, the run untouched."""
+    target = copy_run(run, tmp_path / "run")
+    before = file_hashes(target)
+    argv = {"train": ["train", data["config"], "--run-dir", tmp_path / "new"],
+            "resume": ["resume", target],
+            "evaluate": ["evaluate", target, "--data", data["test"]],
+            "predict": ["predict", target, "--data", data["test"], "--output", tmp_path / "p.npy"]}[command]
+    if command == "resume":
+        (target / "model.safetensors").unlink()
+        before = file_hashes(target)
+    monkeypatch.setattr(where, _interrupt)
+    if where.endswith("load_dataset"):  # prepare.py holds its own reference
+        monkeypatch.setattr("deltaprop.service.prepare.load_dataset", _interrupt)
+    r = cli(*argv)
+    assert_exit(r, 130)
+    assert r.stderr == "error: interrupted (Ctrl-C)\n", r.stderr
+    assert file_hashes(target) == before
+    assert not (tmp_path / "p.npy").exists() and not (tmp_path / "new" / "checkpoints").exists()
+
+
+def test_ctrl_c_while_loading_data_in_a_real_process(data, tmp_path):
+    """A real SIGINT to a real `deltaprop train` that is inside load_dataset (a sitecustomize makes
+    loading announce itself with a file, then wait), so the signal lands there every time."""
+    import signal
+    import subprocess
+    import time
+
+    from fixtures.cli import DELTAPROP, NUMBA_CACHE_DIR
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, pathlib, time\n"
+        "import deltaprop.service.data as data\n"
+        "def load_dataset(*args, **kwargs):\n"
+        "    pathlib.Path(os.environ['LOADING_MARKER']).write_text('loading')\n"
+        "    time.sleep(600)\n"
+        "data.load_dataset = load_dataset\n")
+    marker = tmp_path / "loading"
+    env = dict(os.environ, PYTHONPATH=str(hook), LOADING_MARKER=str(marker), NUMBA_CACHE_DIR=NUMBA_CACHE_DIR)
+    proc = subprocess.Popen([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(tmp_path / "run")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert err == "error: interrupted (Ctrl-C)\n", err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # ---- help and the README -------------------------------------------------------------------------

@@ -10,8 +10,19 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 console = Console(highlight=False, soft_wrap=True)
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
+
+
+def _error(text: str) -> None:
+    from rich.markup import escape  # messages hold [section] names and lists: not markup
+    err_console.print(f"[bold red]error:[/] {escape(text)}", markup=True) if sys.stderr.isatty() \
+        else print(f"error: {text}", file=sys.stderr)
+
+
 def handle_errors(fn):
-    """Turn DeltapropError into `error: ...` on stderr and its exit code; never a traceback."""
+    """Turn DeltapropError into `error: ...` on stderr and its exit code, and Ctrl-C outside the
+    training loop (loading data, compiling kernels) into one line and exit 130; never a traceback.
+    (Inside the loop the trainer catches SIGINT itself and checkpoints.)"""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -19,8 +30,10 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DeltapropError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True) if sys.stderr.isatty() \
-                else print(f"error: {exc}", file=sys.stderr)
+            _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _error("interrupted (Ctrl-C)")
+            raise typer.Exit(INTERRUPTED) from None
 
     return wrapper
