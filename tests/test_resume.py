@@ -100,12 +100,10 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, data, seed):
 
     run_dir = tmp_path / "killed"
     rng = random.Random(seed)
-    kills, mid_epoch = 0, 0
+    kills = 0
     code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)], run_dir, rng)
     while code is None:
         kills += 1
-        newest = list_checkpoints(run_dir / "checkpoints")[-1]
-        mid_epoch += read_safetensors(newest)[1]["state"]["pos"] > 0
         code = _kill_after_progress([DELTAPROP, "resume", str(run_dir)], run_dir, rng)
         assert kills < 60
     assert kills >= 1
@@ -113,14 +111,35 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, data, seed):
     for name, value in _weights(reference.run_dir).items():
         assert resumed[name].tobytes() == value.tobytes(), name
     assert _metrics(run_dir) == _metrics(reference.run_dir)
-    test_sigkill_and_resume_is_bit_exact.mid_epoch = getattr(test_sigkill_and_resume_is_bit_exact,
-                                                             "mid_epoch", 0) + mid_epoch
+
+
+class _NoDelay:
+    """For _kill_after_progress: kill as soon as the first checkpoint appears."""
+
+    def uniform(self, a, b):
+        return 0.0
 
 
 @pytest.mark.fault
-def test_some_kill_was_mid_epoch():
-    """Across the seeds above, at least one resume started inside an epoch."""
-    assert getattr(test_sigkill_and_resume_is_bit_exact, "mid_epoch", 0) >= 1
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, data):
+    """A resume that starts inside an epoch, every time: without epoch checkpoints every checkpoint
+    but the final one is mid-epoch (every_steps = 23 never meets the 169-step epoch boundary in
+    4 epochs), so a kill after the first checkpoint and before the end always leaves one."""
+    cfg = _config(tmp_path, data, 4)
+    sets = ["checkpoint.every_epochs=0"]
+    reference = train_run(read_config(cfg, sets), tmp_path / "reference")
+    run_dir = tmp_path / "killed"
+    argv = [DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir), "--set", sets[0]]
+    code = _kill_after_progress(argv, run_dir, _NoDelay())
+    assert code is None, "the run finished before it could be killed"
+    _, meta = read_safetensors(list_checkpoints(run_dir / "checkpoints")[-1])
+    assert 0 < meta["state"]["pos"] < 2700 and not meta["state"]["finished"]
+    assert meta["state"]["step"] % 169 != 0
+    subprocess.run([DELTAPROP, "resume", str(run_dir)], check=True, capture_output=True)
+    resumed = _weights(run_dir)
+    for name, value in _weights(reference.run_dir).items():
+        assert resumed[name].tobytes() == value.tobytes(), name
+    assert _metrics(run_dir) == _metrics(reference.run_dir)
 
 
 @pytest.mark.fault
