@@ -424,6 +424,44 @@ def test_ctrl_c_while_loading_data_in_a_real_process(data, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+# ---- two processes, one run directory ------------------------------------------------------------
+
+def test_second_train_into_the_same_fresh_run_dir_fails_while_the_first_runs(data, tmp_path):
+    """Two real `deltaprop train` processes into one fresh run directory: the first holds the
+    directory's lock before it writes config.toml, so once config.toml exists a second train (or
+    a resume) fails at once with "in use" and changes nothing. (The lock was once on config.toml,
+    which the second train replaced before locking the new file, so both trained.)"""
+    import signal
+    import subprocess
+    import time
+
+    from fixtures.cli import DELTAPROP, NUMBA_CACHE_DIR
+    run_dir = tmp_path / "shared"
+    env = dict(os.environ, NUMBA_CACHE_DIR=NUMBA_CACHE_DIR)
+    first = subprocess.Popen([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(run_dir),
+                              "--set", "training.epochs=1000000", "--set", "checkpoint.every_epochs=0"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (run_dir / "config.toml").exists():
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.02)
+        written = (run_dir / "config.toml").read_bytes()
+        second = run_real("train", data["config"], "--run-dir", run_dir, "--set", "optimizer.lr=0.5",
+                          cwd=tmp_path, timeout=120)
+        resumed = run_real("resume", run_dir, cwd=tmp_path, timeout=120)
+        assert first.poll() is None, first.communicate()  # the first is still training
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    for r in (second, resumed):
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert f"run directory {run_dir} is in use by another deltaprop process" in " ".join(r.stderr.split())
+        assert "Traceback" not in r.stderr
+    assert (run_dir / "config.toml").read_bytes() == written
+    assert tomllib.loads(written.decode())["optimizer"]["lr"] == 0.01
+    assert not (run_dir / "checkpoints").exists()
+
+
 # ---- help and the README -------------------------------------------------------------------------
 
 def command_paths() -> list[str]:

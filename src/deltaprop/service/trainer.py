@@ -493,15 +493,20 @@ def _nothing():
 
 @contextmanager
 def _run_dir_lock(run_dir: Path):
-    """An exclusive lock on the run directory (a flock on its config.toml, so no extra file)
-    for the life of a training process: two processes never train the same run at once."""
+    """An exclusive lock on the run directory for the life of a training process, so two
+    processes never train the same run at once. It is a flock on the directory itself: nothing in
+    it is ever replaced under the lock (a lock on config.toml was lost when a second `train`
+    replaced that file), and no extra file appears in the run directory."""
     import fcntl
-    fd = os.open(run_dir / "config.toml", os.O_RDONLY)
+    fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"run directory {run_dir} is in use by another deltaprop process") from None
+            raise ConfigError(f"run directory {run_dir} is in use by another deltaprop process "
+                              "(a train or resume of it is running)") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot lock run directory {run_dir}: {exc.strerror or exc}") from None
         yield
     finally:
         os.close(fd)
@@ -512,10 +517,10 @@ class Interrupted(TrainingFailed):
 
 
 def _prepare_run_dir(config: Config, run_dir: Path) -> None:
-    if run_dir.exists() and ((run_dir / "checkpoints").exists() or (run_dir / "model.safetensors").exists()):
+    """Write config.toml into a run directory that holds no run (called with the lock held)."""
+    if (run_dir / "checkpoints").exists() or (run_dir / "model.safetensors").exists():
         raise ConfigError(f"run directory {run_dir} already holds a run: continue it with "
                           f"`deltaprop resume {run_dir}` or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / ".config.toml.tmp"
     tmp.write_text(config.to_toml())
     os.replace(tmp, run_dir / "config.toml")
@@ -524,8 +529,13 @@ def _prepare_run_dir(config: Config, run_dir: Path) -> None:
 def train_run(config: Config, run_dir: Path, **kwargs) -> RunResult:
     """Start a new run in `run_dir` (which must not hold one already)."""
     run_dir = Path(run_dir)
-    _prepare_run_dir(config, run_dir)
-    return Trainer(config, run_dir, **kwargs).run()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    with _run_dir_lock(run_dir):  # before config.toml is looked at or written
+        _prepare_run_dir(config, run_dir)
+        return Trainer(config, run_dir, **kwargs)._run(False)
 
 
 def read_run_config(run_dir: Path) -> Config:
