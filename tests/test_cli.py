@@ -424,6 +424,37 @@ def test_ctrl_c_while_loading_data_in_a_real_process(data, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+# ---- progress ------------------------------------------------------------------------------------
+
+def test_rich_progress_bar_shows_loss_accuracy_and_throughput(data, tmp_path):
+    """The terminal reporter, driven by a real run on a forced-terminal console: each epoch's bar
+    reaches all its steps showing loss, accuracy and samples/s, and each epoch ends with a line."""
+    import io
+
+    from rich.console import Console
+
+    from deltaprop.cli.progress import RichReporter
+    from deltaprop.service.api import read_config
+    from deltaprop.service.trainer import train_run
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, force_terminal=True, width=150))
+    try:
+        train_run(read_config(data["config"]), tmp_path / "run", reporter=reporter)
+    finally:
+        reporter.stop()
+    raw = out.getvalue()
+    assert "\x1b[" in raw  # drawn as a terminal, not as plain lines
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).replace("\r", "\n")
+    steps = -(-300 // 32)
+    for epoch in (1, 2, 3):
+        bar = rf"epoch {epoch}/3 \S* +{steps}/{steps} loss (\d+\.\d{{4}}) acc (\d\.\d{{4}}) ([\d,]+) samples/s"
+        found = re.findall(bar, text)
+        assert found, text
+        loss, acc, speed = found[-1]
+        assert float(loss) > 0 and 0 <= float(acc) <= 1 and int(speed.replace(",", "")) > 0
+        assert re.search(rf"^epoch {epoch}/3 loss=\S+ accuracy=\S+ .*samples_per_s=", text, re.M), text
+
+
 # ---- two processes, one run directory ------------------------------------------------------------
 
 def test_second_train_into_the_same_fresh_run_dir_fails_while_the_first_runs(data, tmp_path):

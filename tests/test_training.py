@@ -224,3 +224,32 @@ def test_unset_weight_decay_keeps_torch_defaults_through_the_run_config():
         assert again == c and again.optimizer.resolved_weight_decay() == expect
         explicit = config_from_dict({"optimizer": {"name": name, "weight_decay": 0.0}})
         assert explicit.optimizer.resolved_weight_decay() == 0.0
+
+
+# ---- training.shuffle ----------------------------------------------------------------------------
+
+def test_shuffle_false_trains_in_file_order_whatever_the_seed(tmp_path, classes):
+    """With shuffle = false and the initial weights from a file (so the seed decides nothing else:
+    no dropout, no validation split), two seeds give identical weights; with shuffling they differ.
+    The epoch order is the rows in file order, every epoch."""
+    from deltaprop.service.api import read_config
+    from deltaprop.service.trainer import Trainer
+    init = deltaprop.train(_config(classes, training={"epochs": 1}), run_dir=tmp_path / "init")
+    init_path = str(init.run_dir / "model.safetensors")
+
+    def weights(seed, shuffle):
+        cfg = _config(classes, model={"init": init_path}, training={"seed": seed, "shuffle": shuffle,
+                                                                    "epochs": 2, "batch_size": 50})
+        return deltaprop.train(cfg, run_dir=tmp_path / f"s{seed}-{shuffle}").model.theta
+
+    w = {(seed, shuffle): weights(seed, shuffle) for seed in (1, 2) for shuffle in (False, True)}
+    assert np.array_equal(w[1, False], w[2, False])
+    assert not np.array_equal(w[1, True], w[2, True])
+    assert not np.array_equal(w[1, False], w[1, True])
+
+    trainer = Trainer(read_config(_config(classes, training={"shuffle": False, "seed": 5})), None)
+    trainer._setup()
+    trainer.state.epoch_rng = np.random.default_rng(5).bit_generator.state
+    for _ in range(2):
+        assert np.array_equal(trainer._perm(), np.arange(600))
+        trainer._advance_rng()
