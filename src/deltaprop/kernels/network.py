@@ -25,7 +25,7 @@ from numba import prange
 from deltaprop.kernels._config import JIT, PJIT
 from deltaprop.kernels.blas import gemm
 from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
-from deltaprop.kernels.optim import chunk, update
+from deltaprop.kernels.optim import apply, chunk, coefficients, update_range
 
 CROSS_ENTROPY, MSE = 0, 1
 TILE = 64  # GEMM work is split into fixed tiles of 64 output columns (or dW rows), whatever the
@@ -77,8 +77,14 @@ def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb):
 
 
 @numba.njit(**PJIT)
-def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A):
-    """z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden layers when drop[l] > 0)."""
+def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A,
+            pending, opt_kind, grad, opt_state, coef, hyper, t):
+    """z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden layers when drop[l] > 0).
+
+    With `pending`, the previous step's optimizer update (coefficients `coef`, step count `t`) is
+    applied first, tile by tile, to the rows of W_l and b_l that the tile's GEMM then reads while
+    they are still in cache: no separate pass over the parameters.
+    """
     L = sizes.size - 1
     for l in range(L):
         nin, nout = sizes[l], sizes[l + 1]
@@ -87,6 +93,11 @@ def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A)
         for tile in prange(n_tiles):
             c0, c1 = tile * TILE, min(nout, (tile + 1) * TILE)
             if c1 > c0:
+                if pending:
+                    update_range(opt_kind, theta, grad, opt_state, woff[l] + c0 * nin,
+                                 woff[l] + c1 * nin, coef, hyper, t)
+                    update_range(opt_kind, theta, grad, opt_state, boff[l] + c0, boff[l] + c1,
+                                 coef, hyper, t)
                 # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
                 gemm(False, True, nb, c1 - c0, nin, 1.0, src, soff, nin,
                      theta, woff[l] + c0 * nin, nin, 0.0, Z, hoff[l] + c0, nout)
@@ -111,7 +122,10 @@ def loss_delta(parts, kind, nb, out_act, k, off, Z, A, D, yb, tb, rowloss, corre
 def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D, sq):
     """dW_l = delta_l.T @ a_{l-1}, db_l = sum(delta_l), delta_{l-1} = (delta_l @ W_l) * f'(z_{l-1}).
 
-    sq[l, tile] gets the squared norm of that tile of layer l's gradient (clipping, NaN checks).
+    Layer l is split into T tiles (T from the layer's sizes only); tile t computes one share of
+    dW_l's rows and one share of delta_{l-1}'s columns, so the tiles cost about the same and a
+    static split of them over threads is balanced. sq[l, t] gets the squared norm of tile t's
+    share of layer l's gradient (clipping, NaN checks).
     """
     L = sizes.size - 1
     for l in range(L - 1, -1, -1):
@@ -120,7 +134,7 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step
         width = max(nout, nin) if l > 0 else nout
         n_tiles = (width + TILE - 1) // TILE
         for tile in prange(n_tiles):
-            r0, r1 = min(nout, tile * TILE), min(nout, (tile + 1) * TILE)
+            r0, r1 = chunk(nout, n_tiles, tile, 4)
             if r1 > r0:
                 # (r1-r0, nin) = delta_l[:, r0:r1].T @ a_{l-1}
                 gemm(True, False, r1 - r0, nin, nb, 1.0, D, hoff[l] + r0, nout,
@@ -137,7 +151,7 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step
                     s += grad[boff[l] + j] * grad[boff[l] + j]
                 sq[l, tile] = s
             if l > 0:
-                c0, c1 = min(nin, tile * TILE), min(nin, (tile + 1) * TILE)
+                c0, c1 = chunk(nin, n_tiles, tile, 16)  # 16: a cache line of float32, no false sharing
                 if c1 > c0:
                     # (nb, c1-c0) = delta_l @ W_l[:, c0:c1]
                     gemm(False, False, nb, c1 - c0, nout, 1.0, D, hoff[l], nout,
@@ -154,19 +168,24 @@ def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap
               xb, yb, tb, Z, A, D, rowloss, correct, sq, step_loss, step_correct):
     """Run n_steps minibatch steps from position pos0 of the epoch's permutation.
 
-    1) gather  2) forward  3) loss + output delta  4) backward  5) clip  6) optimizer update.
+    1) gather  2) forward (applying the previous step's update on the way)  3) loss + output
+    delta  4) backward  5) clip and check; the last step's update is applied before returning.
     Returns the number of steps completed; fewer than n_steps means step `returned` produced a
     non-finite loss or gradient, and its update was not applied (theta is still the last good one).
     """
     n = perm.size
     L = sizes.size - 1
     k = sizes[L]
+    coef = np.zeros(10, theta.dtype)
+    pending = False  # the last step's update, applied inside the next forward pass or at the end
     for s in range(n_steps):
         p0 = pos0 + s * cap
         nb = min(cap, n - p0)
         step = step0 + s
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb)
-        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A)
+        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A,
+                pending, opt_kind, grad, opt_state, coef, hyper, step)
+        pending = False
         loss_delta(parts, loss_kind, nb, act[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, rowloss, correct)
         total = 0.0
         hits = 0
@@ -185,7 +204,10 @@ def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap
         gscale = 1.0
         if clip > 0.0:
             gscale = min(1.0, clip / (norm + 1e-6))
-        update(parts, opt_kind, theta, grad, opt_state, lrs[s], gscale, hyper, step + 1)
+        coef = coefficients(opt_kind, lrs[s], gscale, hyper, step + 1, theta)
+        pending = True
+    if pending:
+        apply(parts, opt_kind, theta, grad, opt_state, coef, hyper, step0 + n_steps)
     return n_steps
 
 
@@ -201,10 +223,13 @@ def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, l
     perm = np.arange(n)
     empty_i = np.zeros(0, np.int64)
     empty_f = np.zeros((0, 1), xb.dtype)
+    no_state = np.zeros((2, 0), theta.dtype)
+    no_coef = np.zeros(10, theta.dtype)
     for p0 in range(0, n, cap):
         nb = min(cap, n - p0)
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f)
-        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, 0, 0, Z, A)
+        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, 0, 0, Z, A,
+                False, 0, theta, no_state, no_coef, np.zeros(7), 1)
         for i in range(nb):
             r = hoff[L - 1] + i * k
             if loss_kind == CROSS_ENTROPY:
