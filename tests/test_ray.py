@@ -7,6 +7,7 @@ same weights.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,9 +91,11 @@ def test_sweep_through_a_real_ray_cluster(tmp_path, env, ray_head):
     w = _cli(["worker", "--executor", "ray", "--address", ray_head, "--concurrency", "2", "--until-empty"],
              env, timeout=600)
     assert w.returncode == 0, w.stdout + w.stderr
+    assert "concurrency 2, 1 thread(s) per job, executor ray" in w.stdout
     jobs = json.loads(_cli(["jobs", "list", "--json"], env).stdout)
     assert len(jobs) == 4 and all(j["status"] == "succeeded" for j in jobs), jobs
     for job in jobs:
+        _assert_num_cpus(job["run_dir"], 1)
         cfg = (Path(job["run_dir"]) / "config.toml").read_text()
         lr = [l for l in cfg.splitlines() if l.startswith("lr = ")][0].split(" = ")[1]
         hidden = [l for l in cfg.splitlines() if l.startswith("hidden = ")][0].split(" = ")[1].replace(" ", "")
@@ -135,3 +138,97 @@ def test_killed_ray_worker_is_retried_and_resumes(tmp_path, env, ray_head):
     log = (Path(run_dir) / "log.txt").read_text()
     assert "resuming from step-" in log
     assert _weights(Path(run_dir) / "model.safetensors") == _direct(tmp_path, env, [])
+    _assert_num_cpus(run_dir, 2)  # concurrency 1 on the 2-CPU cluster: both CPUs, both attempts
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """SIGTERM was sent to the (stopped) process and waits for it to continue."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return True
+    return False
+
+
+def _wait_for(predicate, what: str, timeout: float = 300, worker=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if worker is not None and worker.poll() is not None:
+            raise AssertionError(f"the worker exited ({worker.returncode}) while waiting for {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _paused_job(run_dir: str, worker) -> int:
+    """Wait for the job's first checkpoint, then SIGSTOP its process: it cannot reach its end
+    before the cancel or drain gets to it, however slow the machine."""
+    _wait_for(lambda: list_checkpoints(Path(run_dir) / "checkpoints"), f"a checkpoint in {run_dir}", worker=worker)
+    pid = _wait_for(lambda: _job_process(run_dir), f"the job process of {run_dir}", worker=worker)
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+@pytest.mark.fault
+def test_cancel_and_drain_reach_ray_tasks(tmp_path, env, ray_head):
+    """`jobs cancel` of a job running as a Ray task: the task is cancelled (ray.cancel), the job
+    process gets SIGTERM, checkpoints and the job is cancelled. SIGTERM to the worker drains: the
+    other task's job checkpoints and goes back to the queue without spending an attempt, and a
+    new worker resumes it to the weights of a direct train."""
+    ids = [int(_cli(["submit", str(tmp_path / "c.toml"), "--set", "training.epochs=8"], env).stdout) for _ in "ab"]
+    jobs = {j["id"]: j for j in json.loads(_cli(["jobs", "list", "--json"], env).stdout)}
+    cancel_dir, drain_dir = (jobs[i]["run_dir"] for i in ids)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen([str(BIN / "deltaprop"), "worker", "--executor", "ray", "--address", ray_head,
+                                   "--concurrency", "2", "--lease-seconds", "5"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        cancel_pid, drain_pid = _paused_job(cancel_dir, worker), _paused_job(drain_dir, worker)
+        r = _cli(["jobs", "cancel", str(ids[0])], env)
+        assert r.returncode == 0 and "cancel requested" in r.stdout, r.stderr
+        _wait_for(lambda: _sigterm_pending(cancel_pid), "the cancel to reach the job process", worker=worker)
+        os.kill(cancel_pid, signal.SIGCONT)
+        show = lambda i: json.loads(_cli(["jobs", "show", str(i)], env).stdout.split("\nlast epoch")[0])  # noqa: E731
+        _wait_for(lambda: show(ids[0])["status"] == "cancelled", "the job to be cancelled", worker=worker)
+        assert show(ids[1])["status"] == "running"  # the other task is untouched
+
+        worker.send_signal(signal.SIGTERM)
+        _wait_for(lambda: _sigterm_pending(drain_pid), "the drain to reach the job process", worker=worker)
+        os.kill(drain_pid, signal.SIGCONT)
+        assert worker.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    out = log.read_text()
+    assert "Traceback" not in out and "SIGTERM: draining 1 running job(s)" in out, out
+    job = show(ids[0])
+    assert (job["status"], job["error"], job["attempts"]) == ("cancelled", "cancelled by user", 1), out
+    job = show(ids[1])
+    assert (job["status"], job["attempts"], job["worker"]) == ("queued", 0, None), out
+    assert f"job {ids[1]}: checkpointed and returned to the queue" in out
+    for run_dir in (cancel_dir, drain_dir):
+        text = (Path(run_dir) / "log.txt").read_text()
+        assert "stopped by SIGTERM" in text and "checkpoint written" in text, text
+        assert list_checkpoints(Path(run_dir) / "checkpoints") and not (Path(run_dir) / "model.safetensors").exists()
+        _assert_num_cpus(run_dir, 1)
+
+    w = _cli(["worker", "--executor", "ray", "--address", ray_head, "--until-empty"], env, timeout=600)
+    assert w.returncode == 0, w.stdout + w.stderr
+    job = show(ids[1])
+    assert (job["status"], job["attempts"]) == ("succeeded", 1)
+    assert "resuming from step-" in (Path(drain_dir) / "log.txt").read_text()
+    assert _weights(Path(drain_dir) / "model.safetensors") == _direct(tmp_path, env, ["training.epochs=8"])
+    assert show(ids[0])["status"] == "cancelled"
+
+
+def _assert_num_cpus(run_dir, threads: int) -> None:
+    """Every Ray attempt of the job was granted num_cpus = its threads (Ray's own accounting,
+    `get_assigned_resources()` in the task, on the attempt line), and the job ran that many."""
+    log = (Path(run_dir) / "log.txt").read_text()
+    granted = re.findall(r"^--- attempt \d+ on ray node .*, num_cpus (\S+) ---$", log, re.M)
+    assert granted and set(granted) <= {str(threads)}, log
+    ran = {read_safetensors(p)[1]["threads"] for p in list_checkpoints(Path(run_dir) / "checkpoints")}
+    assert ran == {threads}

@@ -1,11 +1,13 @@
 """Run claimed jobs as Ray tasks (`deltaprop worker --executor ray [--address ADDR]`).
 
 The SQLite queue stays the source of truth: the worker claims a job, then runs it as a Ray task
-with `num_cpus` = the job's threads. The task runs `deltaprop resume RUN_DIR` in a child process
-(a crash kills the child, not the Ray worker), so run directories must be on storage every node
-sees. A Ray worker killed mid-job fails the task; the job's attempt fails, goes back to the
-queue, and the next attempt resumes from the newest checkpoint. Cancel and drain reach the child
-as SIGTERM (through `ray.cancel`), so it checkpoints before it stops.
+with `num_cpus` = the job's threads (the largest node's CPUs divided by the concurrency, so every
+task fits on one node; the attempt line in the job's log records what Ray granted). The task
+runs `deltaprop resume RUN_DIR` in a child process (a crash kills the child, not the Ray worker),
+so run directories must be on storage every node sees. A Ray worker killed mid-job fails the
+task; the job's attempt fails, goes back to the queue, and the next attempt resumes from the
+newest checkpoint. Cancel and drain reach the child as SIGTERM (through `ray.cancel`), so it
+checkpoints before it stops.
 """
 
 import os
@@ -19,15 +21,25 @@ from .runner import _die_with_parent, job_command, job_env
 
 def _run_job(run_dir: str, threads: int, attempt: int) -> int:
     """Body of the Ray task: the job in a child process; SIGTERM to it if the task is cancelled."""
+    import ray
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)  # what Ray granted the task
     with open(os.path.join(run_dir, "log.txt"), "ab") as log:
-        log.write(f"--- attempt {attempt} on ray node {socket.gethostname()} pid {os.getpid()} ---\n".encode())
+        log.write(f"--- attempt {attempt} on ray node {socket.gethostname()} pid {os.getpid()}, "
+                  f"num_cpus {cpus:g} ---\n".encode())
         log.flush()
         proc = subprocess.Popen(job_command(run_dir), stdout=log, stderr=subprocess.STDOUT,
                                 env=job_env(threads), preexec_fn=_die_with_parent)
         try:
-            return proc.wait()
+            while True:  # in slices: ray.cancel's KeyboardInterrupt (interrupt_main) is raised between
+                try:     # bytecodes, never inside a blocking waitpid, which would hold it till the end
+                    return proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    continue
         except KeyboardInterrupt:  # ray.cancel(): let the job checkpoint, then report how it ended
-            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:  # it ended at that very moment
+                pass
             return proc.wait()
 
 
@@ -45,6 +57,11 @@ class RayExecutor:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise DeltapropError(f"cannot connect to the Ray cluster at {address or 'auto'}: {exc}") from None
         self.task = ray.remote(max_retries=0)(_run_job)
+
+    def cores(self) -> int:
+        """CPUs of the largest live node: a task's num_cpus must fit on one node, or it never runs."""
+        cpus = [node["Resources"].get("CPU", 0) for node in self.ray.nodes() if node.get("Alive")]
+        return max(1, int(max(cpus, default=1)))
 
     def start(self, job, threads: int):
         return self.task.options(num_cpus=threads).remote(job.run_dir, threads, job.attempts)

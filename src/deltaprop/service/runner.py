@@ -51,6 +51,9 @@ class Running:
 class LocalExecutor:
     """Each job in a child process on this machine."""
 
+    def cores(self) -> int:
+        return default_threads()
+
     def start(self, job: Job, threads: int):
         log = open(os.path.join(job.run_dir, "log.txt"), "ab")
         log.write(f"--- attempt {job.attempts} on {socket.gethostname()} pid {os.getpid()} ---\n".encode())
@@ -83,10 +86,10 @@ class Worker:
         self.log = log
         self.concurrency = max(1, concurrency)
         self.executor = executor or LocalExecutor()
-        cores = default_threads()
+        cores = self.executor.cores()
         if isinstance(self.executor, LocalExecutor) and self.concurrency > cores:
             # a job needs at least one thread: more jobs than cores would oversubscribe them
-            # (Ray instead queues tasks until their num_cpus are free, on cores it counts itself)
+            # (Ray instead queues tasks until their num_cpus are free)
             self.log(f"warning: --concurrency {self.concurrency} is more than the {cores} core(s) available; "
                      f"running {cores} job(s) at a time so they do not oversubscribe the cores")
             self.concurrency = cores
