@@ -1,0 +1,86 @@
+"""Where a run is: the `State` every checkpoint carries as JSON, and its validation on resume.
+
+    state = state_from_checkpoint(meta["state"], path, epochs=10, n_train=54000, batch=128)
+
+The checksum proves a checkpoint is intact, not that deltaprop wrote it, so a state read back is
+checked field by field (types, ranges) and against the run (epoch, position and step must fit
+its epochs, rows and batch size) before training continues from it; every problem is a
+CheckpointError naming the file, and resume then falls back to an older checkpoint.
+"""
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+
+@dataclass
+class State:
+    """Where a run is; JSON in every checkpoint."""
+
+    epoch: int = 0  # current epoch (0-based)
+    pos: int = 0  # rows of this epoch's permutation already trained on
+    step: int = 0  # global optimizer steps taken
+    epoch_rng: dict | None = None  # shuffling RNG state at the start of `epoch`
+    loss_sum: float = 0.0  # this epoch so far: sum over steps of batch loss * batch rows
+    correct: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+    best: float | None = None  # early stopping
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: int) -> State:
+    """The checkpoint's `state` as a State, if it is one this run can continue from."""
+    steps_per_epoch = math.ceil(n_train / batch)
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: invalid training state in the metadata: {what}")
+
+    names = [f.name for f in fields(State)]
+    if not isinstance(raw, dict):
+        raise bad(f"expected a JSON object, got {type(raw).__name__}")
+    if set(raw) != set(names):
+        missing, extra = sorted(set(names) - set(raw)), sorted(set(raw) - set(names))
+        raise bad("; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                            + ([f"unknown {', '.join(extra)}"] if extra else [])))
+    for k in ("epoch", "pos", "step", "correct", "seen", "best_epoch", "bad_epochs"):
+        if not _is_int(raw[k]) or raw[k] < 0:
+            raise bad(f"{k} must be an integer >= 0, got {raw[k]!r}")
+    for k in ("loss_sum", "train_seconds", "best"):
+        v = raw[k]
+        if not (k == "best" and v is None) and not (_is_number(v) and math.isfinite(v)):
+            raise bad(f"{k} must be a finite number, got {v!r}")
+    if not isinstance(raw["finished"], bool):
+        raise bad(f"finished must be true or false, got {raw['finished']!r}")
+    if not (isinstance(raw["history"], list) and all(isinstance(m, dict) for m in raw["history"])):
+        raise bad("history must be a list of per-epoch metrics")
+    try:  # the shuffling RNG state must be one numpy accepts for this generator
+        np.random.default_rng(0).bit_generator.state = raw["epoch_rng"]
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise bad(f"epoch_rng is not a {type(np.random.default_rng(0).bit_generator).__name__} "
+                  f"state ({exc})") from None
+    st = State(**raw)
+    if st.epoch > epochs or len(st.history) != st.epoch:
+        raise bad(f"epoch {st.epoch} with {len(st.history)} epochs of history, in a run of {epochs}")
+    if not st.correct <= st.seen <= st.pos <= n_train or (st.pos and not st.seen):
+        raise bad(f"position {st.pos} (seen {st.seen}, correct {st.correct}) does not fit "
+                  f"{n_train} training rows")
+    if st.step != st.epoch * steps_per_epoch + math.ceil(st.pos / batch):
+        raise bad(f"step {st.step} does not match epoch {st.epoch}, position {st.pos} "
+                  f"({steps_per_epoch} steps per epoch)")
+    return st
