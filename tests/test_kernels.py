@@ -348,13 +348,16 @@ def test_thread_count_wide_net_bit_identical(registry):
 
 
 
+@pytest.mark.parametrize("n,batch", [(70, 32), (300, 160)], ids=["small_batch", "large_batch"])
 @pytest.mark.parametrize("opt_name", list(OPTS))
-def test_wide_net_matches_reference(registry, opt_name):
+def test_wide_net_matches_reference(registry, opt_name, n, batch):
     """Layers of several tiles, both backward splits (dW rows, delta columns) uneven, a partial
-    last batch, 2 threads: the tiled kernels still match the oracle to 1e-10 in float64."""
+    last batch, 2 threads, both forward products (z^T = W a^T below network.SMALL_BATCH rows,
+    z = a W^T from it on): the tiled kernels still match the oracle to 1e-10 in float64."""
+    from deltaprop.kernels.network import SMALL_BATCH
     from deltaprop.service.engine import Engine
+    assert (batch < SMALL_BATCH) == (n % batch < SMALL_BATCH)  # every step takes the same path
     opt = OPTS[opt_name]
-    n, batch = 70, 32
     rng = np.random.default_rng(11)
     X, y, perm = rng.normal(size=(n, WIDE[0])), rng.integers(0, WIDE[-1], size=n), rng.permutation(n)
     params = ref.init_params(WIDE, seed=11)

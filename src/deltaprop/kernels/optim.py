@@ -6,8 +6,8 @@ SGD keeps its momentum buffer in state[0]; Adam/AdamW keep exp_avg in state[0] a
 state[1]. The update is elementwise, so it can be split anywhere: it runs as one parallel
 loop (`apply`), and the network kernels run `update_range` tile by tile inside the next step's forward pass,
 on the weight rows the tile's GEMM is about to read. `gscale` folds gradient clipping into it.
-The coefficients are cast to theta's dtype first and each case has its own branch-free loop, so
-the loops vectorise (float32 SGD: 179 us -> ~30 us per step for 235k parameters).
+The coefficients are cast to theta's dtype first, and each case has its own branch-free loop over
+slices that start at 0, so the loops vectorise (see `update_range`).
 
 hyper = [momentum, dampening, nesterov, weight_decay, beta1, beta2, eps]
 """
@@ -34,19 +34,19 @@ def chunk(n, parts, t, align=1):
 
 
 @numba.njit(**JIT)
-def _sgd(theta, grad, buf, lo, hi, c, momentum, nesterov, first):
+def _sgd(theta, grad, buf, c, momentum, nesterov, first):
     """c = [lr, gscale, weight_decay, momentum, 1 - dampening] in theta's dtype."""
     lr, gs, wd, mu, damp = c[0], c[1], c[2], c[3], c[4]
     if not momentum:
-        for i in range(lo, hi):
+        for i in range(theta.size):
             theta[i] -= lr * (gs * grad[i] + wd * theta[i])
     elif first:  # torch: the first buffer is the gradient itself
-        for i in range(lo, hi):
+        for i in range(theta.size):
             g = gs * grad[i] + wd * theta[i]
             buf[i] = g
             theta[i] -= lr * (g + mu * g if nesterov else g)
     else:
-        for i in range(lo, hi):
+        for i in range(theta.size):
             g = gs * grad[i] + wd * theta[i]
             b = mu * buf[i] + damp * g
             buf[i] = b
@@ -54,13 +54,13 @@ def _sgd(theta, grad, buf, lo, hi, c, momentum, nesterov, first):
 
 
 @numba.njit(**JIT)
-def _adam(theta, grad, m, v, lo, hi, c, decoupled):
+def _adam(theta, grad, m, v, c, decoupled):
     """c = [step_size, gscale, weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, 1/sqrt(bc2), eps,
     1 - lr * weight_decay] in theta's dtype."""
     step, gs, wd, b1, ob1, b2, ob2, inv_bc2, eps, keep = (c[0], c[1], c[2], c[3], c[4], c[5], c[6],
                                                            c[7], c[8], c[9])
     if decoupled:
-        for i in range(lo, hi):
+        for i in range(theta.size):
             g = gs * grad[i]
             mi = b1 * m[i] + ob1 * g
             vi = b2 * v[i] + ob2 * g * g
@@ -68,7 +68,7 @@ def _adam(theta, grad, m, v, lo, hi, c, decoupled):
             v[i] = vi
             theta[i] = theta[i] * keep - step * mi / (np.sqrt(vi) * inv_bc2 + eps)
     else:
-        for i in range(lo, hi):
+        for i in range(theta.size):
             g = gs * grad[i] + wd * theta[i]
             mi = b1 * m[i] + ob1 * g
             vi = b2 * v[i] + ob2 * g * g
@@ -96,11 +96,16 @@ def coefficients(kind, lr, gscale, hyper, t, dtype_like):
 
 @numba.njit(**JIT)
 def update_range(kind, theta, grad, state, lo, hi, c, hyper, t):
-    """One optimizer step on theta[lo:hi] (elementwise, so any split gives the same bits)."""
+    """One optimizer step on theta[lo:hi] (elementwise, so any split gives the same bits).
+
+    The loops run over slices from index 0: with an offset range (`for i in range(lo, hi)`)
+    Numba keeps a negative-index check per access and LLVM does not vectorise them (float32 SGD
+    on 235k parameters, 1 thread: 124 us with offsets, 22 us on slices)."""
+    th, g = theta[lo:hi], grad[lo:hi]
     if kind == SGD:
-        _sgd(theta, grad, state[0], lo, hi, c, hyper[0] != 0.0, hyper[2] != 0.0, t == 1)
+        _sgd(th, g, state[0, lo:hi], c, hyper[0] != 0.0, hyper[2] != 0.0, t == 1)
     else:
-        _adam(theta, grad, state[0], state[1], lo, hi, c, kind == ADAMW)
+        _adam(th, g, state[0, lo:hi], state[1, lo:hi], c, kind == ADAMW)
 
 
 @numba.njit(**PJIT)
