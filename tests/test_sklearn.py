@@ -20,9 +20,9 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import _check_name, estimator_checks_generator, parametrize_with_checks
 
-from deltaprop.sklearn import MLPClassifier, MLPRegressor, load
+from deltaprop.sklearn import MLPClassifier, MLPRegressor, expected_failed_checks, load
 from fixtures.cli import assert_exit, cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -33,10 +33,28 @@ CHECKED = [
 ]
 
 
-@parametrize_with_checks(CHECKED, expected_failed_checks=lambda est: est.EXPECTED_FAILED_CHECKS,
-                         xfail_strict=True)
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failed_checks, xfail_strict=True)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("estimator", CHECKED, ids=lambda e: type(e).__name__)
+def test_expected_failed_checks_reach_sklearn(estimator, monkeypatch):
+    """Every listed check is one scikit-learn runs for this estimator (a misspelt name would never
+    match), and a listed check becomes a strict xfail with its reason through the same
+    `expected_failed_checks` hook the test above passes to parametrize_with_checks."""
+    names = {_check_name(check) for _, check in estimator_checks_generator(estimator)}
+    assert len(names) > 40
+    assert set(expected_failed_checks(estimator)) <= names
+    listed = {"check_fit2d_1sample": "an example reason"}
+    monkeypatch.setattr(type(estimator), "EXPECTED_FAILED_CHECKS", listed)
+    decorator = parametrize_with_checks([estimator], expected_failed_checks=expected_failed_checks,
+                                        xfail_strict=True)
+    marked = {_check_name(getattr(p, "values", p)[1]): [m for m in getattr(p, "marks", ()) if m.name == "xfail"]
+              for p in decorator.args[1]}  # pytest.param(...) when marked, else (estimator, check)
+    assert {name for name, marks in marked.items() if marks} == set(listed)
+    (mark,) = marked["check_fit2d_1sample"]
+    assert mark.kwargs["reason"] == "an example reason" and mark.kwargs["strict"] is True
 
 
 # ---- the data the remaining tests share ------------------------------------------------------
@@ -50,9 +68,10 @@ def digits():
     return scaler.transform(X[:1400]), y[:1400], scaler.transform(X[1400:]), y[1400:]
 
 
-def test_grid_search_on_digits_matches_sklearn():
+def test_grid_search_on_digits_matches_sklearn(record_property, capsys):
     """Pipeline(StandardScaler, MLP) in GridSearchCV over two parameters: deltaprop's best score is
-    within one point of scikit-learn's own MLPClassifier on the same grid (times are printed)."""
+    within one point of scikit-learn's own MLPClassifier on the same grid. Both times are printed
+    in pytest's output (capture or not) and recorded as properties (in --junitxml reports)."""
     X, y = load_digits(return_X_y=True)
     grid = {"mlp__hidden_layer_sizes": [(50,), (100,)], "mlp__alpha": [1e-4, 1e-2]}
 
@@ -64,13 +83,79 @@ def test_grid_search_on_digits_matches_sklearn():
             gs.fit(X, y)
         return gs, time.perf_counter() - t0
 
-    MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X[:50], y[:50])  # kernels from the cache
+    # fit and predict kernels compiled (or loaded from Numba's cache) before the clock starts
+    MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X[:50], y[:50]).predict(X[:5])
     ours, t_ours = search(MLPClassifier(max_iter=200, random_state=0))
     theirs, t_sk = search(SkMLPClassifier(max_iter=200, random_state=0))
-    print(f"\nGridSearchCV digits, 4 candidates x 5 folds + refit, {ours.n_splits_} splits:\n"
-          f"  deltaprop  best {ours.best_score_:.4f} {ours.best_params_}  {t_ours:.2f} s\n"
-          f"  sklearn    best {theirs.best_score_:.4f} {theirs.best_params_}  {t_sk:.2f} s")
+    record_property("gridsearch_seconds_deltaprop", round(t_ours, 2))
+    record_property("gridsearch_seconds_sklearn", round(t_sk, 2))
+    with capsys.disabled():
+        print(f"\nGridSearchCV digits, 4 candidates x {ours.n_splits_} folds + refit:\n"
+              f"  deltaprop  best {ours.best_score_:.4f} {ours.best_params_}  {t_ours:.2f} s\n"
+              f"  sklearn    best {theirs.best_score_:.4f} {theirs.best_params_}  {t_sk:.2f} s")
     assert ours.best_score_ >= theirs.best_score_ - 0.01  # better is fine too
+
+
+def test_plugin_activation_swish_fits_and_predicts(digits, tmp_path):
+    """activation="swish" comes from the example plugin (examples/deltaprop-swish, installed in
+    .venv): the estimators train with it, predict what a NumPy forward pass with swish gives from
+    their coefs_/intercepts_, and the saved model records the plugin and predicts the same."""
+    from deltaprop.plugins.manager import get_registry
+    assert get_registry().activations["swish"].source == "deltaprop-swish"
+    Xtr, ytr, Xte, yte = digits
+    clf = MLPClassifier(hidden_layer_sizes=(32,), activation="swish", max_iter=20, random_state=0).fit(Xtr, ytr)
+    assert clf.model_.activations == ["swish", "identity"] and clf.n_iter_ == 20
+    assert clf.score(Xte, yte) > 0.9
+
+    def swish(z):
+        return z / (1.0 + np.exp(-z))
+
+    logits = swish(Xte @ clf.coefs_[0] + clf.intercepts_[0]) @ clf.coefs_[1] + clf.intercepts_[1]
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    assert np.abs(clf.predict_proba(Xte) - proba).max() < 1e-5  # float32 weights and arithmetic
+
+    clf.save(tmp_path / "swish.safetensors")
+    back = load(tmp_path / "swish.safetensors")
+    assert back.activation == "swish" and "deltaprop-swish" in json.dumps(back.model_.plugins)
+    assert np.array_equal(back.predict_proba(Xte), clf.predict_proba(Xte))
+
+    target = np.tanh(Xtr[:, 10]) - 0.5 * Xtr[:, 20]
+    reg = MLPRegressor(hidden_layer_sizes=(16,), activation="swish", max_iter=60, learning_rate_init=0.01,
+                       random_state=0).fit(Xtr, target)
+    assert reg.model_.activations == ["swish", "identity"]
+    out = swish(Xte @ reg.coefs_[0] + reg.intercepts_[0]) @ reg.coefs_[1] + reg.intercepts_[1]
+    assert np.abs(reg.predict(Xte) - out.ravel()).max() < 1e-4
+    assert reg.score(Xte, np.tanh(Xte[:, 10]) - 0.5 * Xte[:, 20]) > 0.8
+
+
+def test_threads_auto_is_tuned_across_fits_and_changes_no_result(digits, monkeypatch):
+    """threads=0 fits take their thread count from one process-wide tuner fed by every fit (short
+    fits never reach the trainer's own probing); an explicit count or DELTAPROP_THREADS bypasses
+    it. The weights are the same whatever the count."""
+    from deltaprop import sklearn as dsk
+    from deltaprop.service.threads import ThreadTuner
+    Xtr, ytr, _, _ = digits
+    tuner = ThreadTuner(2)
+    tuner.next_probe = float("inf")  # no probing: the test sets the count each fit gets
+    monkeypatch.setattr(dsk, "_FIT_THREADS", dsk._FitThreads())
+    dsk._FIT_THREADS.tuner = tuner
+    monkeypatch.delenv("DELTAPROP_THREADS", raising=False)
+    kw = dict(hidden_layer_sizes=(32,), max_iter=3, random_state=0)
+    auto = []
+    for threads in (2, 1):
+        tuner.current = threads
+        auto.append(MLPClassifier(**kw).fit(Xtr, ytr))
+        assert auto[-1].model_.config["training"]["threads"] == threads
+        assert threads in tuner.seconds_per_sample  # the fit was recorded under its count
+    fixed = [MLPClassifier(threads=t, **kw).fit(Xtr, ytr) for t in (1, 2)]
+    assert [c.model_.config["training"]["threads"] for c in fixed] == [1, 2]
+    for clf in auto + fixed[1:]:
+        assert np.array_equal(clf.model_.theta, fixed[0].model_.theta)
+    before = dict(tuner.seconds_per_sample)
+    monkeypatch.setenv("DELTAPROP_THREADS", "1")
+    MLPClassifier(**kw).fit(Xtr, ytr)
+    assert tuner.seconds_per_sample == before  # not a tuned fit
 
 
 # ---- files: the estimator and the CLI read each other's models -------------------------------
