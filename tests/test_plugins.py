@@ -457,7 +457,8 @@ def test_fingerprint_is_the_same_in_another_process():
     from deltaprop.plugins.compile import _fingerprint
     names = ("silu", "silu_grad", "gelu", "gelu_grad", "softplus_grad")
     here = [hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in names]
-    code = ("import hashlib; from deltaprop.plugins import builtin; from deltaprop.plugins.compile import _fingerprint; "
+    code = ("import hashlib; from deltaprop.plugins import builtin; "
+            "from deltaprop.plugins.compile import _fingerprint; "
             f"print(*[hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in {names!r}])")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert there.returncode == 0, there.stderr

@@ -431,7 +431,8 @@ def test_sweep_wait_prints_every_run_on_the_leaderboard(tmp_path, data):
     for job in q.list():
         assert job.status == "succeeded", job
         accuracy[job.id] = _metrics(job.run_dir)[-1]["test_accuracy"]
-        cells = [c.strip() for c in next(r for r in rows if r.split("│")[2].strip() == str(job.id)).split("│")[1:-1]]
+        row = next(r for r in rows if r.split("│")[2].strip() == str(job.id))
+        cells = [c.strip() for c in row.split("│")[1:-1]]
         assert cells[2:5] == [job.name, "succeeded", f"{accuracy[job.id]:.4f}"], (cells, out)
         assert "[" in job.name and "training.seed=" in cells[2]
     ranked = [int(r.split("│")[2]) for r in rows]

@@ -6,9 +6,11 @@ Each job runs as `deltaprop resume RUN_DIR` in a child process (its output appen
 RUN_DIR/log.txt), so a crash in a plugin kills one job, not the worker; `resume` starts from the
 newest valid checkpoint, or from the beginning when there is none. The machine's cores are divided
 among the concurrent jobs (Numba threads per job; BLAS stays single-threaded), so concurrency
-never oversubscribes; a concurrency above the core count is capped to it, with a warning. The worker renews each job's lease by heartbeat; if a lease is lost (the
-queue gave the job to someone else) the job is killed. SIGTERM/SIGINT drain: running jobs get
-SIGTERM, checkpoint, and go back to the queue without spending an attempt.
+never oversubscribes; a concurrency above the core count is capped to it, with a warning. A job
+whose run directory is missing is failed, not retried. The worker renews each job's lease by
+heartbeat; if a lease is lost (the queue gave the job to someone else) the job is killed.
+SIGTERM/SIGINT drain: running jobs get SIGTERM, checkpoint, and go back to the queue without
+spending an attempt.
 """
 
 import os
