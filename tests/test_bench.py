@@ -80,3 +80,17 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path):
         assert systems[system]["status"] == "skipped" and "not installed" in systems[system]["note"]
     row = report["results"][0]
     assert row["targets"]["pytorch"]["met"] is None and row["targets"]["numpy"]["met"] in (True, False)
+
+
+def test_phases_smoke():
+    """bench/phases.py calls the kernels' phases with their current signatures (it breaks
+    silently otherwise: nothing else imports it) and every phase reports a time."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "phases.py"), "--batch", "8,160",
+                           "--sizes", "12,70,10", "--reps", "3", "--threads", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["batch 8", "batch 160"]
+    for line in lines:
+        for phase in ("gather", "forward", "forward+update", "loss", "backward", "update", "empty", "step"):
+            assert f" {phase} " in line, (phase, line)
