@@ -15,7 +15,9 @@ from deltaprop.service.data import (
     Dataset,
     as_labels,
     as_targets,
+    is_memory_mapped,
     load_dataset,
+    prefetch_rows,
     validate_labels_for_classification,
 )
 
@@ -354,3 +356,47 @@ def test_as_targets():
         as_targets(np.array([0.5, 1.5]), 4, "src")
     with raises(r"src: label at row 0 is 5"):
         as_targets(np.array([5, 0]), 3, "src")
+
+
+def _resident_pages(X: np.ndarray) -> np.ndarray:
+    """mincore(2) of X's pages: True where the page is in the page cache."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = X.ctypes.data - X.ctypes.data % mmap.PAGESIZE
+    length = X.ctypes.data + X.nbytes - start
+    vec = (ctypes.c_ubyte * ((length + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0, ctypes.get_errno()
+    return np.frombuffer(vec, np.uint8) & 1 == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise and mincore (Linux)")
+def test_prefetch_rows_reads_a_memmapped_block_ahead(tmp_path):
+    """prefetch_rows asks the kernel for exactly the rows' pages: evicted from the page cache
+    first (POSIX_FADV_DONTNEED on the synced file), resident after, the rest still evicted."""
+    import time
+    rows, d = 4096, 256  # 1 KB rows, 4 MB
+    np.save(tmp_path / "x.npy", np.ones((rows, d), np.float32))
+    fd = os.open(tmp_path / "x.npy", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    X = np.asarray(np.load(tmp_path / "x.npy", mmap_mode="r"))  # as prepare() holds it
+    assert is_memory_mapped(X) and not is_memory_mapped(np.ones((2, 2)))
+    before = _resident_pages(X)
+    if before.mean() > 0.5:
+        pytest.fail("the page cache kept the file after POSIX_FADV_DONTNEED: cannot observe prefetching")
+    lo, hi = 1024, 3072  # pages of rows 1024..3071: 4 rows per 4 KB page
+    prefetch_rows(X, lo, hi)
+    deadline = time.monotonic() + 10
+    while True:
+        now = _resident_pages(X)
+        page = lambda r: (X.ctypes.data % 4096 + r * d * 4) // 4096  # noqa: E731
+        if now[page(lo) + 1:page(hi) - 1].all() or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert now[page(lo) + 1:page(hi) - 1].all()
+    assert now[page(hi) + 64:].mean() < 0.5  # far past the range: not read (readahead aside)
+    prefetch_rows(np.ones((10, 3)), 0, 10)  # arrays in RAM: a no-op

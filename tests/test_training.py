@@ -169,6 +169,18 @@ def test_block_shuffle_is_a_permutation_of_contiguous_blocks(tmp_path, classes):
     assert a.metrics[-1]["loss"] == b.metrics[-1]["loss"]
 
 
+
+def test_block_shuffled_memmap_trains_like_in_memory(tmp_path, classes):
+    """Memory-mapped data with shuffle_block runs in chunks of one block and reads the next block
+    ahead (trainer._prefetch); the weights are bit-identical to the same data from an .npz."""
+    d = np.load(classes)
+    np.save(tmp_path / "big.npy", d["X"])
+    np.save(tmp_path / "big_y.npy", d["y"])
+    kw = dict(training={"shuffle_block": 64, "epochs": 2})
+    a = deltaprop.train(_config(tmp_path / "big.npy", **kw), run_dir=tmp_path / "m")
+    b = deltaprop.train(_config(classes, **kw), run_dir=tmp_path / "n")
+    np.testing.assert_array_equal(deltaprop.load_model(a.run_dir).theta, deltaprop.load_model(b.run_dir).theta)
+
 # ---- config validation that needs more than one key ---------------------------------------------
 
 @pytest.mark.parametrize("monitor,loss", [("val_accuracy", "mse"), ("train_accuracy", "mse"),

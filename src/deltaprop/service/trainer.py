@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError, PluginError, TrainingFailed
 from .checkpoint import latest_valid, list_checkpoints, read_safetensors, save_checkpoint
 from .config import Config, config_from_dict
+from .data import is_memory_mapped, prefetch_rows
 from .engine import Engine, OptimizerSpec
 from .model import Model
 from .prepare import Prepared, prepare
@@ -276,6 +277,7 @@ class Trainer:
     def _loop(self) -> bool:
         c, st = self.config, self.state
         every_steps = c.checkpoint.every_steps
+        prefetch = c.training.shuffle and c.training.shuffle_block > 0 and is_memory_mapped(self.prep.X)
         while st.epoch < c.training.epochs and not st.finished:
             perm = self._perm()
             self.reporter.epoch_start(st.epoch, self.steps_per_epoch, st.pos // self.batch)
@@ -287,6 +289,9 @@ class Trainer:
                     n = min(n, every_steps - st.step % every_steps)
                 if self.tuner:
                     self.engine.threads = self.tuner.choose()
+                if prefetch:  # a chunk of about one block, so the next block is read while it trains
+                    n = min(n, max(1, c.training.shuffle_block // self.batch))
+                    self._prefetch(perm, st.pos, n)
                 t0 = time.perf_counter()
                 lrs = lrs_for(st.step, n, c.optimizer.lr, self.steps_per_epoch, self.total_steps, c.schedule)
                 done, step_loss, step_correct = self.engine.run_steps(
@@ -316,6 +321,17 @@ class Trainer:
             if self._end_epoch():
                 return True
         return False
+
+    def _prefetch(self, perm: np.ndarray, pos: int, n_steps: int) -> None:
+        """Memory-mapped data shuffled by `shuffle_block`: have the kernel read this chunk's blocks
+        and the next one now, each as one sequential read, instead of faulting in one page per
+        row in shuffled order. (Rows in file order need nothing: the kernel reads ahead itself.)"""
+        block = self.config.training.shuffle_block
+        window = perm[pos:pos + n_steps * self.batch + 2 * block]
+        keys = window // block
+        for k in np.unique(keys):
+            rows = window[keys == k]
+            prefetch_rows(self.prep.X, int(rows.min()), int(rows.max()) + 1)
 
     def _end_epoch(self) -> bool:
         """Metrics, early stopping and the epoch checkpoint; True when stopping early."""
