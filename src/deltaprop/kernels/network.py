@@ -260,11 +260,13 @@ def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, l
     no_state = np.zeros((2, 0), theta.dtype)
     no_coef = np.zeros(10, theta.dtype)
     scratch = np.empty_like(Z)
+    zero = np.int64(0)  # typed like run_steps' arguments, not as literals: forward compiles once
+    no = zero > 0
     for p0 in range(0, n, cap):
         nb = min(cap, n - p0)
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f)
-        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, 0, 0, Z, A, scratch,
-                False, 0, theta, no_state, no_coef, np.zeros(7), 1)
+        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, zero, zero, Z, A, scratch,
+                no, zero, theta, no_state, no_coef, np.zeros(7), zero)
         for i in range(nb):
             r = hoff[L - 1] + i * k
             if loss_kind == CROSS_ENTROPY:
