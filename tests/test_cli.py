@@ -162,6 +162,25 @@ def test_evaluate_json_on_a_run_dir_and_on_the_model_file(run, data):
     assert one_json_object(r2.stdout) == res
 
 
+def test_evaluate_a_run_dir_without_model_falls_back_past_a_broken_checkpoint(run, data, tmp_path):
+    """A run directory with no model.safetensors (a run still training, or killed) evaluates its
+    newest usable checkpoint; a truncated newer one is skipped with a note naming it."""
+    d = copy_run(run, tmp_path / "run")
+    (d / "model.safetensors").unlink()
+    ckpts = sorted((d / "checkpoints").glob("step-*.safetensors"))
+    assert len(ckpts) >= 2, ckpts
+    newest, older = ckpts[-1], ckpts[-2]
+    newest.write_bytes(newest.read_bytes()[:100])
+    r = cli("evaluate", d, "--data", data["test"], "--json")
+    assert_exit(r, 0)
+    assert newest.name in r.stderr and "skipping unusable checkpoint" in r.stderr
+    direct = cli("evaluate", older, "--data", data["test"], "--json")
+    assert_exit(direct, 0)
+    assert one_json_object(r.stdout) == one_json_object(direct.stdout)
+    with pytest.warns(UserWarning, match=newest.name):
+        assert deltaprop.load_model(d).theta.tobytes() == deltaprop.load_model(older).theta.tobytes()
+
+
 def test_evaluate_human_output(run, data):
     r = cli("evaluate", run, "--data", data["test"])
     assert_exit(r, 0)

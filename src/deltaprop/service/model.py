@@ -5,6 +5,7 @@ into an `nn.Sequential` of `nn.Linear`s. Everything else (sizes, activation name
 versions, loss, dtype, preprocessing statistics, config) is JSON in the safetensors metadata.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,8 +198,22 @@ def resolve_model_path(path: Path) -> Path:
     return path
 
 
-def load_model(path) -> Model:
-    """Load a model from a .safetensors file or a run directory."""
-    path = resolve_model_path(Path(path))
+def load_model(path, on_skip=None) -> Model:
+    """Load a model from a .safetensors file or a run directory: its model.safetensors, else its
+    newest usable checkpoint. `on_skip(checkpoint, why)` hears of every newer checkpoint that had
+    to be skipped (default: a warning)."""
+    path = Path(path)
+    if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "checkpoints").is_dir():
+        from .checkpoint import latest_valid
+        found = []
+        _, _, _, skipped = latest_valid(
+            path / "checkpoints", check=lambda p, t, m: found.append(Model.from_parts(t, m, str(p))))
+        for bad, why in skipped:
+            if on_skip is not None:
+                on_skip(bad, why)
+            else:
+                warnings.warn(f"skipping unusable checkpoint {bad}: {why}", stacklevel=2)
+        return found[-1]
+    path = resolve_model_path(path)
     tensors, meta = read_safetensors(path)
     return Model.from_parts(tensors, meta, str(path))
