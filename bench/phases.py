@@ -6,7 +6,7 @@ Calls the network kernels' phases (gather, forward with and without the pending 
 update, loss, backward, a whole-vector update, an empty parallel region) directly, many times
 each, and reports the 10th percentile in microseconds: on a shared machine the low percentile
 is what the code costs, the median is what the neighbours cost. `empty` is the price of one
-parallel region; a step has about 2 + 2 x layers of them.
+parallel region; a step has 1 + 2 x layers of them.
 """
 
 import argparse
@@ -54,8 +54,8 @@ def phases(sizes: list[int], batch: int, threads: int, reps: int = 200) -> dict[
         "gather": lambda: k.gather(P, X, mean, inv_std, perm, 0, batch, e.xb, labels, e.yb, targets, e.tb),
         "forward": forward(False),
         "forward+update": forward(True),
-        "loss": lambda: k.loss_delta(P, 0, batch, e.act_ids[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
-                                     e.yb, e.tb, e.rowloss, e.correct),
+        "loss": lambda: k.loss_delta(0, batch, e.act_ids[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
+                                 e.yb, e.tb, e.rowloss, e.correct),
         "backward": lambda: k.backward(batch, e.xb, theta, grad, e.sizes, e.woff, e.boff, e.hoff, e.act_ids,
                                        drop, 0, 0, e.Z, e.A, e.D, e.sq),
         "update": lambda: k.apply(P, 0, theta, grad, state, coef, hyper, 2),
