@@ -10,7 +10,6 @@ Each measurement runs in its own process; RSS is the child's ru_maxrss.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

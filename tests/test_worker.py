@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from deltaprop.service.api import read_config

@@ -9,7 +9,6 @@ Each writes the row's loss into `rowloss[i]` so the batch loss is summed in a fi
 import math
 
 import numba
-import numpy as np
 
 from ._config import JIT
 

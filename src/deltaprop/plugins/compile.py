@@ -12,7 +12,6 @@ falls back to a private temporary one.
 """
 
 import hashlib
-import importlib.util
 import os
 import sys
 import tempfile

@@ -30,11 +30,12 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, PluginError, TrainingFailed
 from .checkpoint import latest_valid, list_checkpoints, read_safetensors, save_checkpoint
-from .config import Config, config_from_dict
+from .config import Config
 from .data import is_memory_mapped, prefetch_rows
 from .engine import Engine, OptimizerSpec
 from .model import Model
 from .prepare import Prepared, prepare
+from .rundir import lock_run_dir, prepare_run_dir, read_run_config
 from .schedule import lrs_for
 from .state import State, state_from_checkpoint
 from .threads import ThreadTuner
@@ -224,7 +225,7 @@ class Trainer:
     def run(self, resume: bool = False) -> RunResult:
         if self.run_dir is None:
             return self._run(False)
-        with _run_dir_lock(self.run_dir):
+        with lock_run_dir(self.run_dir):
             return self._run(resume)
 
     def _run(self, resume: bool) -> RunResult:
@@ -444,39 +445,8 @@ def _nothing():
     yield
 
 
-@contextmanager
-def _run_dir_lock(run_dir: Path):
-    """An exclusive lock on the run directory for the life of a training process, so two
-    processes never train the same run at once. It is a flock on the directory itself: nothing in
-    it is ever replaced under the lock (a lock on config.toml was lost when a second `train`
-    replaced that file), and no extra file appears in the run directory."""
-    import fcntl
-    fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"run directory {run_dir} is in use by another deltaprop process "
-                              "(a train or resume of it is running)") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot lock run directory {run_dir}: {exc.strerror or exc}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 class Interrupted(TrainingFailed):
     """Stopped on a signal or request after writing a checkpoint."""
-
-
-def _prepare_run_dir(config: Config, run_dir: Path) -> None:
-    """Write config.toml into a run directory that holds no run (called with the lock held)."""
-    if (run_dir / "checkpoints").exists() or (run_dir / "model.safetensors").exists():
-        raise ConfigError(f"run directory {run_dir} already holds a run: continue it with "
-                          f"`deltaprop resume {run_dir}` or choose another --run-dir")
-    tmp = run_dir / ".config.toml.tmp"
-    tmp.write_text(config.to_toml())
-    os.replace(tmp, run_dir / "config.toml")
 
 
 def train_run(config: Config, run_dir: Path, **kwargs) -> RunResult:
@@ -486,20 +456,9 @@ def train_run(config: Config, run_dir: Path, **kwargs) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
-    with _run_dir_lock(run_dir):  # before config.toml is looked at or written
-        _prepare_run_dir(config, run_dir)
+    with lock_run_dir(run_dir):  # before config.toml is looked at or written
+        prepare_run_dir(config, run_dir)
         return Trainer(config, run_dir, **kwargs)._run(False)
-
-
-def read_run_config(run_dir: Path) -> Config:
-    import tomllib
-    path = Path(run_dir) / "config.toml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: {path} is missing")
-    try:
-        return config_from_dict(tomllib.loads(path.read_text()), str(path))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def resume_run(run_dir: Path, **kwargs) -> RunResult:
