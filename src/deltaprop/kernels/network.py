@@ -238,7 +238,7 @@ def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap
         gscale = 1.0
         if clip > 0.0:
             gscale = min(1.0, clip / (norm + 1e-6))
-        coef = coefficients(opt_kind, lrs[s], gscale, hyper, step + 1, theta)
+        coefficients(coef, opt_kind, lrs[s], gscale, hyper, step + 1)
         pending = True
     if pending:
         apply(parts, opt_kind, theta, grad, opt_state, coef, hyper, step0 + n_steps)

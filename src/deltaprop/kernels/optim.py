@@ -78,9 +78,9 @@ def _adam(theta, grad, m, v, c, decoupled):
 
 
 @numba.njit(**JIT)
-def coefficients(kind, lr, gscale, hyper, t, dtype_like):
-    """The per-step constants of `update_range`, in theta's dtype; `t` is the 1-based step."""
-    c = np.zeros(10, dtype_like.dtype)
+def coefficients(c, kind, lr, gscale, hyper, t):
+    """Write the per-step constants of `update_range` into c (10 entries, theta's dtype); `t` is
+    the 1-based step."""
     momentum, dampening, wd = hyper[0], hyper[1], hyper[3]
     if kind == SGD:
         c[0], c[1], c[2], c[3], c[4] = lr, gscale, wd, momentum, 1.0 - dampening
@@ -91,7 +91,6 @@ def coefficients(kind, lr, gscale, hyper, t, dtype_like):
         c[3], c[4], c[5], c[6] = beta1, 1.0 - beta1, beta2, 1.0 - beta2
         c[7] = 1.0 / math.sqrt(1.0 - beta2 ** t)
         c[8], c[9] = hyper[6], 1.0 - lr * wd
-    return c
 
 
 @numba.njit(**JIT)
