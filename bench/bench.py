@@ -95,7 +95,7 @@ def _deltaprop_runner(threads: int):
     import numpy as np
 
     from deltaprop.plugins.manager import load_registry
-    from deltaprop.service.engine import Engine, OptimizerSpec
+    from deltaprop.compute.engine import Engine, OptimizerSpec
 
     registry = load_registry(entry_points=False)
     opt = OptimizerSpec("sgd")

@@ -19,11 +19,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 
-BASELINE = "import deltaprop.service.trainer, deltaprop.plugins.manager as m; m.get_registry()"
+BASELINE = "import deltaprop.training.trainer, deltaprop.plugins.manager as m; m.get_registry()"
 TORCH_BASELINE = "import torch, numpy"
 TORCH_TRAIN = r"""
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from deltaprop.service.data import load_dataset
+from deltaprop.io.datasets import load_dataset
 torch.set_num_threads(2)
 ds = load_dataset("fashion-mnist:train")
 X = torch.from_numpy(np.asarray(ds.X, np.float32) / 255.0); y = torch.from_numpy(ds.y)

@@ -27,7 +27,7 @@ def _p10_us(fn, reps: int) -> float:
 
 def phases(sizes: list[int], batch: int, threads: int, reps: int = 200) -> dict[str, float]:
     from deltaprop.plugins.manager import load_registry
-    from deltaprop.service.engine import Engine, OptimizerSpec
+    from deltaprop.compute.engine import Engine, OptimizerSpec
 
     rng = np.random.default_rng(0)
     n = max(4 * batch, 256)

@@ -30,7 +30,7 @@ def registry():
 @pytest.fixture(scope="session")
 def engine(registry):
     """engine(sizes, activations, loss, dtype="float64", threads=2) -> a cached Engine."""
-    from deltaprop.service.engine import Engine
+    from deltaprop.compute.engine import Engine
     cache = {}
 
     def make(sizes, activations, loss, dtype="float64", threads=2):

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deltaprop.cli.main import app
-from deltaprop.service.checkpoint import read_safetensors, write_safetensors
+from deltaprop.io.safetensors import read_safetensors, write_safetensors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BASE = '[model]\nhidden = [8]\n[data]\ntrain = "{train}"\ntest = ""\n[training]\nepochs = 1\n'

@@ -1,4 +1,4 @@
-"""Tests for deltaprop.service.checkpoint: round trip, interop, truncation, corruption, hostile
+"""Tests for deltaprop.io.safetensors: round trip, interop, truncation, corruption, hostile
 headers, crash safety, pruning and fallback to the newest valid checkpoint."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import safetensors.numpy
 
 from deltaprop.errors import CheckpointError
-from deltaprop.service import checkpoint as ck
-from deltaprop.service.checkpoint import (
+import deltaprop.io.safetensors as ck
+from deltaprop.io.safetensors import (
     FORMAT,
     checkpoint_name,
     latest_valid,
@@ -367,7 +367,7 @@ def test_latest_valid_check_rejects_and_falls_back(tmp_path):
 # ---- model metadata: a valid checksum does not make a file a usable model -----------------------
 
 def _model_file(path: Path) -> Path:
-    from deltaprop.service.model import Model
+    from deltaprop.training.model import Model
     rng = np.random.default_rng(3)
     theta = rng.normal(size=4 * 8 + 8 + 8 * 3 + 3).astype(np.float32)
     Model([4, 8, 3], ["relu", "identity"], "cross_entropy", "float32", theta, np.zeros(4, np.float32),
@@ -410,7 +410,7 @@ BAD_MODELS = {
 def test_hand_crafted_model_metadata_is_rejected(tmp_path, case):
     """Each of these once reached the engine (ValueError, KeyError) or compiled code (a short
     preprocess.mean was read out of bounds); now load_model names the file and the problem."""
-    from deltaprop.service.model import load_model
+    from deltaprop.training.model import load_model
     change_meta, change_tensors, msg = BAD_MODELS[case]
     good = _model_file(tmp_path / "good.safetensors")
     assert load_model(good).sizes == [4, 8, 3]

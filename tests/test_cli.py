@@ -384,7 +384,7 @@ def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("where", ["deltaprop.service.data.load_dataset", "deltaprop.plugins.compile.network_kernels"])
+@pytest.mark.parametrize("where", ["deltaprop.io.datasets.load_dataset", "deltaprop.compute.factory.network_kernels"])
 @pytest.mark.parametrize("command", ["train", "resume", "evaluate", "predict"])
 def test_ctrl_c_while_loading_or_compiling_exits_130_with_one_line(run, data, tmp_path, monkeypatch,
                                                                     command, where):
@@ -401,7 +401,7 @@ def test_ctrl_c_while_loading_or_compiling_exits_130_with_one_line(run, data, tm
         before = file_hashes(target)
     monkeypatch.setattr(where, _interrupt)
     if where.endswith("load_dataset"):  # prepare.py holds its own reference
-        monkeypatch.setattr("deltaprop.service.prepare.load_dataset", _interrupt)
+        monkeypatch.setattr("deltaprop.training.prepare.load_dataset", _interrupt)
     r = cli(*argv)
     assert_exit(r, 130)
     assert r.stderr == "error: interrupted (Ctrl-C)\n", r.stderr
@@ -421,7 +421,7 @@ def test_ctrl_c_while_loading_data_in_a_real_process(data, tmp_path):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "import os, pathlib, time\n"
-        "import deltaprop.service.data as data\n"
+        "import deltaprop.io.datasets as data\n"
         "def load_dataset(*args, **kwargs):\n"
         "    pathlib.Path(os.environ['LOADING_MARKER']).write_text('loading')\n"
         "    time.sleep(600)\n"
@@ -453,8 +453,8 @@ def test_rich_progress_bar_shows_loss_accuracy_and_throughput(data, tmp_path):
     from rich.console import Console
 
     from deltaprop.cli.progress import RichReporter
-    from deltaprop.service.api import read_config
-    from deltaprop.service.trainer import train_run
+    from deltaprop.api import read_config
+    from deltaprop.training.trainer import train_run
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, force_terminal=True, width=150))
     try:

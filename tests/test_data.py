@@ -1,4 +1,4 @@
-"""Tests for deltaprop.service.data: every format's round trip and every validation error."""
+"""Tests for deltaprop.io.datasets: every format's round trip and every validation error."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deltaprop.errors import DataError
-from deltaprop.service.data import (
+from deltaprop.io.datasets import (
     Dataset,
     as_labels,
     as_targets,
@@ -195,8 +195,8 @@ def test_unsupported_extension(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["csv", "idx"])
 def test_unreadable_file_any_user(tmp_path, monkeypatch, fmt):
-    import deltaprop.service.data as data
-    import deltaprop.service.idx as idx
+    import deltaprop.io.datasets as data
+    import deltaprop.io.idx as idx
 
     def denied(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
@@ -287,7 +287,7 @@ def test_length_mismatch_npy(tmp_path):
 
 
 def test_nonfinite_in_memmapped_X_is_found_in_chunks(tmp_path, monkeypatch):
-    import deltaprop.service.data as data
+    import deltaprop.io.datasets as data
     monkeypatch.setattr(data, "_CHUNK_BYTES", 64)  # force many chunks
     X = np.zeros((100, 4))
     X[37, 2], X[80, 0], X[99, 3] = np.nan, np.inf, -np.inf

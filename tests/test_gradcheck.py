@@ -184,7 +184,7 @@ def test_right_derivative_in_output_form_passes():
 
 def test_registry_refuses_a_wrong_derivative(registry):
     """A plugin whose derivative is wrong loads (it is well-formed) but is refused for training."""
-    from deltaprop.service.engine import Engine
+    from deltaprop.compute.engine import Engine
 
     plugin = types.ModuleType("bad_tanh_plugin")
 

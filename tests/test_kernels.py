@@ -19,7 +19,7 @@ import pytest
 
 import reference as ref
 from deltaprop.plugins.manager import load_registry
-from deltaprop.service.engine import OptimizerSpec
+from deltaprop.compute.engine import OptimizerSpec
 
 _REGISTRY = load_registry()  # at import: parametrisation follows the installed plugins
 ACT_NAMES = sorted(_REGISTRY.activations)
@@ -287,7 +287,7 @@ def test_predict_matches_reference_forward(engine, ref_act, act, loss, out):
 
 
 def test_identical_runs_are_bit_identical(engine, registry):
-    from deltaprop.service.engine import Engine
+    from deltaprop.compute.engine import Engine
     pb = problem(lambda a: a, MIXED, "cross_entropy", "identity")
     opt = OPTS["adam_wd"]
     kw = dict(dropout=[0.25, 0.25, 0.25, 0.0], seed=11, clip=0.5)
@@ -304,7 +304,7 @@ def test_identical_runs_are_bit_identical(engine, registry):
 def _thread_runs(registry, sizes, n, batch, **kw):
     """The same run (mixed net, adam) with threads=1 and threads=2, each on a freshly built Engine
     (Engine sets Numba's thread count when it is built)."""
-    from deltaprop.service.engine import Engine
+    from deltaprop.compute.engine import Engine
     rng = np.random.default_rng(3)
     X, y, perm = rng.normal(size=(n, sizes[0])), rng.integers(0, sizes[-1], size=n), rng.permutation(n)
     mean, inv_std = np.zeros(sizes[0]), np.ones(sizes[0])
@@ -355,7 +355,7 @@ def test_wide_net_matches_reference(registry, opt_name, n, batch):
     last batch, 2 threads, both forward products (z^T = W a^T below network.SMALL_BATCH rows,
     z = a W^T from it on): the tiled kernels still match the oracle to 1e-10 in float64."""
     from deltaprop.kernels.network import SMALL_BATCH
-    from deltaprop.service.engine import Engine
+    from deltaprop.compute.engine import Engine
     assert (batch < SMALL_BATCH) == (n % batch < SMALL_BATCH)  # every step takes the same path
     opt = OPTS[opt_name]
     rng = np.random.default_rng(11)

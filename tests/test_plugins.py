@@ -330,9 +330,9 @@ def test_swish_is_listed_with_its_distribution(monkeypatch):
 
 
 def test_swish_trains_and_is_recorded_in_the_model(tmp_path, tiny_config, monkeypatch):
-    from deltaprop.service.api import read_config
-    from deltaprop.service.model import load_model
-    from deltaprop.service.trainer import train_run
+    from deltaprop.api import read_config
+    from deltaprop.training.model import load_model
+    from deltaprop.training.trainer import train_run
 
     reg = load_registry()
     cfg = read_config(tiny_config, ['model.activation="swish"'])
@@ -431,7 +431,7 @@ def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
     changes the compiled kernels' cache key, with the plugin's own functions and version unchanged;
     the same source gives the same key."""
     from deltaprop.plugins.activation import Activation
-    from deltaprop.plugins.compile import _fingerprint, network_kernels
+    from deltaprop.compute.factory import _fingerprint, network_kernels
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the generated files go there
 
     def key(module):
@@ -454,11 +454,11 @@ def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
 def test_fingerprint_is_the_same_in_another_process():
     """No memory address or other per-process value in the fingerprint (else the cache never hits):
     builtins that call a jitted helper (silu -> sigmoid) and read a constant (gelu -> _SQRT1_2)."""
-    from deltaprop.plugins.compile import _fingerprint
+    from deltaprop.compute.factory import _fingerprint
     names = ("silu", "silu_grad", "gelu", "gelu_grad", "softplus_grad")
     here = [hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in names]
     code = ("import hashlib; from deltaprop.plugins import builtin; "
-            "from deltaprop.plugins.compile import _fingerprint; "
+            "from deltaprop.compute.factory import _fingerprint; "
             f"print(*[hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in {names!r}])")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert there.returncode == 0, there.stderr

@@ -1,5 +1,5 @@
-"""The durable job queue (service/queue.py), its CLI (`jobs ...`, `submit`, `sweep`) and the sweep
-helpers (service/sweep.py). Fast and in-process: no training runs here (the worker's real
+"""The durable job queue (jobs/queue.py), its CLI (`jobs ...`, `submit`, `sweep`) and the sweep
+helpers (jobs/sweep.py). Fast and in-process: no training runs here (the worker's real
 processes are in test_worker.py), except the contention test, which uses real processes
 (multiprocessing, spawn) claiming and finishing no-op jobs on one database.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from deltaprop.errors import ConfigError
-from deltaprop.service import sweep
-from deltaprop.service.queue import Queue, QueueError
+from deltaprop.jobs import sweep
+from deltaprop.jobs.queue import Queue, QueueError
 from fixtures.cli import DELTAPROP, assert_exit, cli
 from fixtures.data import write_classification, write_config
 
@@ -421,7 +421,7 @@ def test_locked_database_is_a_clear_error_and_damages_nothing(q, tmp_path):
 def test_read_only_commands_do_not_wait_for_a_writer(q, monkeypatch):
     """jobs list/show/logs open the queue read-only: they answer while another process holds the
     write lock. (Opening for writing would wait out the busy timeout, 0.5 s here, and fail.)"""
-    monkeypatch.setattr("deltaprop.service.queue.BUSY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("deltaprop.jobs.queue.BUSY_TIMEOUT_S", 0.5)
     job = q.submit("j", TOML)
     Path(job.run_dir, "log.txt").write_text("hello from the job\n")
     holder = sqlite3.connect(q.path, isolation_level=None, timeout=0)

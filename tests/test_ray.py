@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deltaprop.service.checkpoint import list_checkpoints, read_safetensors
+from deltaprop.io.safetensors import list_checkpoints, read_safetensors
 
 BIN = Path(sys.executable).parent
 CONFIG = """

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deltaprop.service.api import read_config
-from deltaprop.service.checkpoint import list_checkpoints, read_safetensors
-from deltaprop.service.trainer import train_run
+from deltaprop.api import read_config
+from deltaprop.io.safetensors import list_checkpoints, read_safetensors
+from deltaprop.training.trainer import train_run
 
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))
 
@@ -241,7 +241,7 @@ BAD_CHECKPOINTS = {
 def test_resume_falls_back_past_a_checkpoint_with_bad_contents(tmp_path, finished, case):
     """A hand-crafted newest checkpoint (valid checksum, unusable contents) is skipped like a
     corrupted one: resume says why, continues from the previous one and ends bit-exact."""
-    from deltaprop.service.checkpoint import write_safetensors
+    from deltaprop.io.safetensors import write_safetensors
     change, fragment = BAD_CHECKPOINTS[case]
     run_dir, expected = finished
     run_dir = _copy_without_model(run_dir, tmp_path / "run")
@@ -297,7 +297,7 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, d
     """Epoch 1 trains (lr 0.05); the schedule multiplies lr by 1e6 per epoch, so epoch 2 blows up,
     deterministically. Exit 1 with a clear message; every checkpoint written before loads and is
     finite; a resume diverges again at the same step instead of continuing from NaN."""
-    from deltaprop.service.model import load_model
+    from deltaprop.training.model import load_model
     cfg = tmp_path / "late.toml"
     cfg.write_text(LATE_DIVERGENCE.format(data=data))
     run_dir = tmp_path / "late"
@@ -326,7 +326,7 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, d
 def _poison_after(monkeypatch, poison_step: int):
     """Make the compiled steps overflow the weights to Inf once global step `poison_step` is done,
     without the loss or gradient showing it (as an update of huge lr * finite gradient can)."""
-    from deltaprop.service.engine import Engine
+    from deltaprop.compute.engine import Engine
     real = Engine.run_steps
 
     def run_steps(self, X, mean, inv_std, y, perm, pos, n_steps, batch_size, theta, *args, **kwargs):
@@ -360,7 +360,7 @@ def test_weights_that_overflowed_are_never_saved(tmp_path, data, monkeypatch):
 def test_overflowed_weights_are_not_returned_without_a_run_dir(data, monkeypatch):
     """In memory (the scikit-learn estimators): the final weights are checked too."""
     from deltaprop.errors import TrainingFailed
-    from deltaprop.service.trainer import Trainer
+    from deltaprop.training.trainer import Trainer
     cfg = read_config({"model": {"hidden": [32]}, "data": {"train": "", "test": ""},
                        "training": {"epochs": 1, "batch_size": 64},
                        "checkpoint": {"every_epochs": 0, "every_steps": 0}})

@@ -134,7 +134,7 @@ def test_threads_auto_is_tuned_across_fits_and_changes_no_result(digits, monkeyp
     fits never reach the trainer's own probing); an explicit count or DELTAPROP_THREADS bypasses
     it. The weights are the same whatever the count."""
     from deltaprop import sklearn as dsk
-    from deltaprop.service.threads import ThreadTuner
+    from deltaprop.training.threads import ThreadTuner
     Xtr, ytr, _, _ = digits
     tuner = ThreadTuner(2)
     tuner.next_probe = float("inf")  # no probing: the test sets the count each fit gets
@@ -250,8 +250,8 @@ def _sklearn_stop_epoch(losses, tol, n_iter_no_change):
 ])
 def test_trainer_running_best_rule_is_sklearns(losses):
     """early_stopping.best = "running" with patience n + 1 stops on the epoch scikit-learn stops on."""
-    from deltaprop.service.config import config_from_dict
-    from deltaprop.service.trainer import State, Trainer
+    from deltaprop.training.config import config_from_dict
+    from deltaprop.training.trainer import State, Trainer
     tol, n = 1e-4, 3
     cfg = config_from_dict({"early_stopping": {"patience": n + 1, "monitor": "train_loss", "min_delta": tol,
                                                "best": "running", "restore_best": False}})

@@ -4,8 +4,8 @@ a single bit of the result."""
 import numpy as np
 
 from deltaprop.plugins.manager import get_registry
-from deltaprop.service.engine import Engine, OptimizerSpec
-from deltaprop.service.threads import ThreadTuner
+from deltaprop.compute.engine import Engine, OptimizerSpec
+from deltaprop.training.threads import ThreadTuner
 
 
 class Clock:
@@ -18,7 +18,7 @@ class Clock:
 
 def test_tuner_switches_to_the_faster_count_and_backs_off(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr("deltaprop.service.threads.time.monotonic", clock)
+    monkeypatch.setattr("deltaprop.training.threads.time.monotonic", clock)
     tuner = ThreadTuner(2, probe_every_s=1.0, max_backoff_s=8.0)
     speed = {2: 1.0, 1: 0.5}  # seconds per sample: 1 thread is faster (a busy machine)
     used = []

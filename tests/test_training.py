@@ -10,8 +10,8 @@ import pytest
 
 import deltaprop
 from deltaprop.errors import ConfigError
-from deltaprop.service.config import ScheduleConfig
-from deltaprop.service.schedule import lr_at
+from deltaprop.training.config import ScheduleConfig
+from deltaprop.training.schedule import lr_at
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -78,9 +78,9 @@ def test_early_stopping_restores_best_weights(tmp_path, classes):
     assert run.metrics[-1]["val_loss"] > best  # stopped after it got worse...
     d = np.load(classes)
     model = deltaprop.load_model(run.run_dir)
-    from deltaprop.service.prepare import prepare  # ...and the saved model is the best one
+    from deltaprop.training.prepare import prepare  # ...and the saved model is the best one
     from deltaprop.plugins.manager import get_registry
-    from deltaprop.service.api import read_config
+    from deltaprop.api import read_config
     prep = prepare(read_config(cfg), get_registry())
     assert model.evaluate(prep.val.X, prep.val.y)["loss"] == pytest.approx(best, rel=1e-5)
     assert d["X"].shape[0] == 600
@@ -88,8 +88,8 @@ def test_early_stopping_restores_best_weights(tmp_path, classes):
 
 def test_validation_split_is_deterministic(tmp_path, classes):
     from deltaprop.plugins.manager import get_registry
-    from deltaprop.service.api import read_config
-    from deltaprop.service.prepare import prepare
+    from deltaprop.api import read_config
+    from deltaprop.training.prepare import prepare
     cfg = read_config(_config(classes, data={"validation_fraction": 0.2}))
     a, b = prepare(cfg, get_registry()), prepare(cfg, get_registry())
     assert len(a.val.y) == 120 and len(a.train_idx) == 480
@@ -151,8 +151,8 @@ def test_memory_mapped_npy_trains(tmp_path, classes):
 def test_block_shuffle_is_a_permutation_of_contiguous_blocks(tmp_path, classes):
     """training.shuffle_block: every row once per epoch, in runs of consecutive rows (so a
     memory-mapped file streams), deterministic, and different from epoch to epoch."""
-    from deltaprop.service.api import read_config
-    from deltaprop.service.trainer import Trainer
+    from deltaprop.api import read_config
+    from deltaprop.training.trainer import Trainer
     cfg = read_config(_config(classes, training={"shuffle_block": 64}))
     trainer = Trainer(cfg, None)
     trainer._setup()
@@ -187,7 +187,7 @@ def test_block_shuffled_memmap_trains_like_in_memory(tmp_path, classes):
                                           ("val_r2", "cross_entropy")])
 def test_monitor_the_loss_does_not_have_is_rejected_before_training(tmp_path, classes, monitor, loss):
     """Rejected at validation (even with early stopping off), not a KeyError after the first epoch."""
-    from deltaprop.service.config import config_from_dict
+    from deltaprop.training.config import config_from_dict
     cfg = _config(classes, data={"validation_fraction": 0.2}, training={"loss": loss},
                   early_stopping={"patience": 2, "monitor": monitor})
     with pytest.raises(ConfigError, match=rf"c\.toml: early_stopping\.monitor = '{monitor}' needs "
@@ -202,7 +202,7 @@ def test_monitor_the_loss_does_not_have_is_rejected_before_training(tmp_path, cl
 
 
 def test_monitor_r2_and_accuracy_with_their_losses_are_accepted():
-    from deltaprop.service.config import config_from_dict
+    from deltaprop.training.config import config_from_dict
     for monitor, loss in [("val_r2", "mse"), ("val_accuracy", "cross_entropy"), ("train_loss", "mse")]:
         c = config_from_dict({"training": {"loss": loss}, "data": {"validation_fraction": 0.1},
                               "early_stopping": {"patience": 1, "monitor": monitor}})
@@ -211,7 +211,7 @@ def test_monitor_r2_and_accuracy_with_their_losses_are_accepted():
 
 @pytest.mark.parametrize("seed", [-1, 2**63])
 def test_seed_out_of_range_names_the_key(seed):
-    from deltaprop.service.config import config_from_dict
+    from deltaprop.training.config import config_from_dict
     with pytest.raises(ConfigError, match=rf"c\.toml: training\.seed = {seed} is out of range: must be >= 0"):
         config_from_dict({"training": {"seed": seed}}, "c.toml")
     assert config_from_dict({"training": {"seed": 2**63 - 1}}).training.seed == 2**63 - 1
@@ -219,7 +219,7 @@ def test_seed_out_of_range_names_the_key(seed):
 
 @pytest.mark.parametrize("value", [-5.0, -0.5, -1e-9])
 def test_negative_weight_decay_is_rejected(value):
-    from deltaprop.service.config import config_from_dict
+    from deltaprop.training.config import config_from_dict
     with pytest.raises(ConfigError, match=rf"c\.toml: optimizer\.weight_decay = {value!r} is out of range"):
         config_from_dict({"optimizer": {"weight_decay": value}}, "c.toml")
 
@@ -228,7 +228,7 @@ def test_unset_weight_decay_keeps_torch_defaults_through_the_run_config():
     """Unset: 0 for sgd/adam, 0.01 for adamw, also after config.toml is written and read back."""
     import tomllib
 
-    from deltaprop.service.config import config_from_dict
+    from deltaprop.training.config import config_from_dict
     for name, expect in [("sgd", 0.0), ("adam", 0.0), ("adamw", 0.01)]:
         c = config_from_dict({"optimizer": {"name": name}})
         assert c.optimizer.resolved_weight_decay() == expect
@@ -244,8 +244,8 @@ def test_shuffle_false_trains_in_file_order_whatever_the_seed(tmp_path, classes)
     """With shuffle = false and the initial weights from a file (so the seed decides nothing else:
     no dropout, no validation split), two seeds give identical weights; with shuffling they differ.
     The epoch order is the rows in file order, every epoch."""
-    from deltaprop.service.api import read_config
-    from deltaprop.service.trainer import Trainer
+    from deltaprop.api import read_config
+    from deltaprop.training.trainer import Trainer
     init = deltaprop.train(_config(classes, training={"epochs": 1}), run_dir=tmp_path / "init")
     init_path = str(init.run_dir / "model.safetensors")
 

@@ -1,4 +1,4 @@
-"""The worker (service/runner.py) through real `deltaprop` processes and real signals.
+"""The worker (jobs/worker.py) through real `deltaprop` processes and real signals.
 
 Every job here is a small synthetic classification run (3000 x 32 float32, 4 classes, batch 16,
 dropout, gradient clipping, a cosine schedule, a checkpoint every 20 steps), so a job takes a few
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from deltaprop.service.api import read_config
-from deltaprop.service.checkpoint import list_checkpoints, read_safetensors
-from deltaprop.service.queue import Queue
+from deltaprop.api import read_config
+from deltaprop.io.safetensors import list_checkpoints, read_safetensors
+from deltaprop.jobs.queue import Queue
 from fixtures.cli import NUMBA_CACHE_DIR, assert_exit, cli
 
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))

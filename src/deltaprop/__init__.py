@@ -16,9 +16,9 @@ __all__ = ["Activation", "hookimpl", "train", "load_model", "__version__"]
 
 def __getattr__(name):
     if name == "train":
-        from .service.api import train
+        from .api import train
         return train
     if name == "load_model":
-        from .service.api import load_model
+        from .api import load_model
         return load_model
     raise AttributeError(f"module 'deltaprop' has no attribute {name!r}")

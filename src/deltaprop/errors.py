@@ -31,3 +31,7 @@ class TrainingFailed(DeltapropError):
     """A run started but failed (divergence, crash). Exit code 1."""
 
     exit_code = 1
+
+
+class WriteError(DeltapropError):
+    """A file could not be written (full disk, read-only mount, permissions). Nothing was replaced."""

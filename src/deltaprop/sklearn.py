@@ -81,9 +81,9 @@ class _FitThreads:
     def choose(self) -> int:
         with self.lock:
             if self.tuner is None:
-                from .service.engine import default_threads
-                from .service.threads import ThreadTuner
-                self.tuner = ThreadTuner(default_threads())
+                from ._system import cores
+                from .training.threads import ThreadTuner
+                self.tuner = ThreadTuner(cores())
             return self.tuner.choose()
 
     def record(self, threads: int, seconds: float, work: int) -> None:
@@ -186,7 +186,7 @@ class _BaseMLP(BaseEstimator):
         return np.dtype(self.dtype)
 
     def _config(self, n_train: int, epochs: int, seed: int, early_stopping: bool, threads: int):
-        from .service.config import config_from_dict
+        from .training.config import config_from_dict
         hidden = self._hidden()
         batch = 200 if self.batch_size == "auto" else int(self.batch_size)
         if self.batch_size != "auto" and batch > n_train:
@@ -220,7 +220,7 @@ class _BaseMLP(BaseEstimator):
 
     # ---- fitting -----------------------------------------------------------------------------
     def _fit(self, X, y, incremental: bool, classes=None):
-        from .service.trainer import Start, Trainer
+        from .training.trainer import Start, Trainer
         self._check_params()
         fitted = hasattr(self, "model_")
         first = not fitted or not (incremental or self.warm_start)
@@ -295,7 +295,7 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X) -> np.ndarray:
         """(n, n_out) float64: probabilities (classifier) or outputs (regressor)."""
-        from .service.data import dataset_from_arrays
+        from .io.datasets import dataset_from_arrays
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.dtype(self.model_.dtype), ensure_all_finite=False)
         X = np.require(X, self.model_.dtype, ["C", "W"])
@@ -341,7 +341,7 @@ class _BaseMLP(BaseEstimator):
     def save(self, path) -> None:
         """Write the model as a deltaprop .safetensors file (opens with `deltaprop evaluate`);
         the estimator's parameters and classes ride along in the metadata."""
-        from .service.checkpoint import write_safetensors
+        from .io.safetensors import write_safetensors
         check_is_fitted(self)
         info = {"estimator": type(self).__name__, "params": _json_params(self.get_params()),
                 "loss_curve": [float(v) for v in self.loss_curve_], "n_iter": int(self.n_iter_)}
@@ -356,8 +356,8 @@ class _BaseMLP(BaseEstimator):
     def load(cls, path):
         """A fitted estimator from a .safetensors model or run directory (one saved by `save`, or
         trained by `deltaprop train`)."""
-        from .service.checkpoint import read_safetensors
-        from .service.model import Model, resolve_model_path
+        from .io.safetensors import read_safetensors
+        from .training.model import Model, resolve_model_path
         with _as_value_error():
             p = resolve_model_path(Path(path))
             tensors, meta = read_safetensors(p)
@@ -561,8 +561,8 @@ def _params_from(model, info: dict, cls) -> dict:
 
 def load(path):
     """A fitted MLPClassifier or MLPRegressor from a deltaprop model file or run directory."""
-    from .service.checkpoint import read_safetensors
-    from .service.model import resolve_model_path
+    from .io.safetensors import read_safetensors
+    from .training.model import resolve_model_path
     with _as_value_error():
         p = resolve_model_path(Path(path))
         _, meta = read_safetensors(p)

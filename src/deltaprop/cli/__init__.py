@@ -1,1 +1,1 @@
-"""The typer CLI: parses and prints; the work happens in deltaprop.service."""
+"""The typer CLI: parses and prints; the work happens in deltaprop.training and deltaprop.jobs."""

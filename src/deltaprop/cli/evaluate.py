@@ -10,9 +10,9 @@ from .common import console, handle_errors
 
 
 def _load(model_path: Path, data: str, require_labels: bool):
-    from ..service.data import load_dataset
-    from ..service.model import load_model
-    from ..service.prepare import resolve_data_spec
+    from ..io.datasets import load_dataset
+    from ..training.model import load_model
+    from ..training.prepare import resolve_data_spec
     from .common import err_console
     model = load_model(model_path, on_skip=lambda bad, why: err_console.print(
         f"note: skipping unusable checkpoint {bad.name} (using an older one): {why}", markup=False))

@@ -16,12 +16,12 @@ STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "fa
 
 def _queue(create=False, readonly=False):
     """The queue; `readonly` for commands that only read (they never wait for a writer's lock)."""
-    from ..service.queue import Queue
+    from ..jobs.queue import Queue
     return Queue(create=create, readonly=readonly)
 
 
 def _submit(queue, config: Path, sets: list[str], name: str | None = None, max_attempts: int = 3):
-    from ..service.api import read_config
+    from ..api import read_config
     cfg = read_config(config, sets)
     return queue.submit(name or config.stem + ("[" + ",".join(sets) + "]" if sets else ""), cfg.to_toml(),
                         max_attempts)
@@ -54,12 +54,12 @@ def worker(
 ):
     """Run queued jobs until stopped (SIGTERM drains: running jobs checkpoint and are requeued)."""
     from ..errors import DeltapropError
-    from ..service.runner import Worker
+    from ..jobs.worker import Worker
     if executor not in ("local", "ray"):
         raise DeltapropError(f"--executor {executor!r}: use local or ray")
     ex = None
     if executor == "ray":
-        from ..service.ray_executor import RayExecutor
+        from ..jobs.ray import RayExecutor
         ex = RayExecutor(address)
     w = Worker(_queue(create=True), concurrency, ex, lease_s=lease_seconds,
                heartbeat_s=max(0.2, min(2.0, lease_seconds / 5)), log=lambda m: console.print(m, markup=False))
@@ -76,10 +76,10 @@ def sweep(
     max_attempts: MaxAttempts = 3,
 ):
     """Submit the cartesian product of --grid values as jobs."""
-    from ..service.sweep import grid_overrides
+    from ..jobs.sweep import grid_overrides
     queue = _queue(create=True)
     points = grid_overrides(grid)
-    from ..service.api import read_config
+    from ..api import read_config
     for point in points:  # validate every point before queuing any
         read_config(config, (set_ or []) + point)
     ids = [_submit(queue, config, (set_ or []) + point, f"{config.stem}[{','.join(point)}]", max_attempts).id
@@ -95,7 +95,7 @@ def _leaderboard(jobs) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..service.sweep import leaderboard
+    from ..jobs.sweep import leaderboard
     rows = leaderboard(jobs)
     metrics = [k for k in ("test_accuracy", "val_accuracy", "accuracy", "test_loss", "val_loss", "loss",
                            "test_mse") if any(k in r for r in rows)]
@@ -114,7 +114,7 @@ def list_(
 ):
     """All jobs, as a table."""
     from ..errors import DeltapropError
-    from ..service.queue import STATES
+    from ..jobs.queue import STATES
     if status and status not in STATES:
         raise DeltapropError(f"--status {status!r}: use one of {', '.join(STATES)}")
     jobs = _queue(readonly=True).list(status)

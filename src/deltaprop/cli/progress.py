@@ -4,7 +4,7 @@ import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..service.trainer import Reporter
+from ..training.trainer import Reporter
 from .common import console
 
 

@@ -34,8 +34,8 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: $DELTAPROP_HOME/runs/NAME-TIME).")] = None,
 ):
     """Train a model in the foreground and write the run directory."""
-    from ..service.api import default_run_dir, read_config
-    from ..service.trainer import train_run
+    from ..api import default_run_dir, read_config
+    from ..training.trainer import train_run
     cfg = read_config(config, set_ or [])
     result = _run(train_run, cfg, run_dir or default_run_dir(config.stem))
     _summary(result)
@@ -44,6 +44,6 @@ def train(
 @handle_errors
 def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")]):
     """Continue a run from its newest valid checkpoint to the configured end."""
-    from ..service.trainer import resume_run
+    from ..training.trainer import resume_run
     result = _run(resume_run, run_dir)
     _summary(result)

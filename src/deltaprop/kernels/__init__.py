@@ -5,7 +5,7 @@
 - `loss`     softmax cross-entropy and mean squared error, fused with their deltas.
 - `optim`    flat-vector SGD / Adam / AdamW updates with torch.optim's rules.
 - `network`  forward, backward and whole runs of minibatch steps; a template compiled once
-             per set of activations by `deltaprop.plugins.compile`.
+             per set of activations by `deltaprop.compute.factory`.
 """
 
 import os

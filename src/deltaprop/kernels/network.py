@@ -1,6 +1,6 @@
 """Forward, backward and whole runs of minibatch steps for a dense MLP (a template).
 
-This file is compiled once per set of activations: `deltaprop.plugins.compile` appends generated
+This file is compiled once per set of activations: `deltaprop.compute.factory` appends generated
 `act_block` / `grad_block` functions (a branch per activation id, hoisted out of the loops), writes
 the result into the kernel cache directory and imports it, so Numba caches it like any file.
 
@@ -37,7 +37,7 @@ SMALL_BATCH = 128  # below this, per-call BLAS overhead is large: wider tiles, a
 # W[128 rows] @ a.T 79; at batch >= 128 the two orders and both widths are within ~10 %.
 
 
-# Generated per network and appended below by deltaprop.plugins.compile:
+# Generated per network and appended below by deltaprop.compute.factory:
 #   act_block(k, Z, A, off, r0, r1, ncols, c0, c1, theta, boff): Z += b; A = f_k(Z)
 #   grad_block(k, Z, D, off, r0, r1, ncols, c0, c1):              D *= f_k'(Z)
 act_block = grad_block = None

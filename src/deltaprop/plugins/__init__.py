@@ -1,2 +1,2 @@
-"""Activation plugins: hookspec, `Activation`, the plugin manager, builtins, the derivative check,
-and the kernel factory that compiles the network kernels for a set of activations."""
+"""Activation plugins: the hookspecs, `Activation`, the plugin manager, the builtins and the
+numerical derivative check."""

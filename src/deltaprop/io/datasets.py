@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deltaprop.errors import DataError
-from deltaprop.service.idx import find_idx, read_idx
+from deltaprop.io.idx import find_idx, read_idx
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {"train": "train", "test": "t10k"}

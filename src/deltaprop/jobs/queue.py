@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from .._system import home as default_home
 from ..errors import DeltapropError
 
 SCHEMA = """
@@ -57,10 +58,6 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("DELTAPROP_HOME", "deltaprop-runs"))
 
 
 class Queue:

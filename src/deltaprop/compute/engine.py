@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .._system import cores
 from ..plugins.manager import Registry
 
 LOSSES = {"cross_entropy": 0, "mse": 1}
@@ -34,17 +35,12 @@ class OptimizerSpec:
                          self.betas[0], self.betas[1], self.eps], dtype=np.float64)
 
 
-def default_threads() -> int:
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class Engine:
     """A compiled MLP: sizes [n_in, h1, ..., n_out], one activation name per dense layer (the
     last is the output activation: 'identity' for cross-entropy)."""
 
     def __init__(self, sizes, activations, loss, dtype, registry: Registry, threads: int = 0):
-        from ..plugins.compile import network_kernels
+        from .factory import network_kernels
 
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.L = len(self.sizes) - 1
@@ -58,7 +54,7 @@ class Engine:
         acts = tuple(registry.require_checked(n) for n in names)
         self.act_ids = np.array([names.index(a) for a in self.activations], dtype=np.int64)
         self.kernels = network_kernels(acts)
-        self.threads = max(1, min(threads or default_threads(), numba.config.NUMBA_NUM_THREADS))
+        self.threads = max(1, min(threads or cores(), numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(self.threads)
         woff, boff, o = [], [], 0
         for l in range(self.L):

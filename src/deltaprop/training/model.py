@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, DataError
-from .checkpoint import read_safetensors, write_safetensors
+from ..io.safetensors import read_safetensors, write_safetensors
 
 LOSSES = ("cross_entropy", "mse")
 DTYPES = ("float32", "float64")
@@ -36,7 +36,7 @@ class Model:
     def engine(self, threads: int = 0):
         if self._engine is None:
             from ..plugins.manager import get_registry
-            from .engine import Engine
+            from ..compute.engine import Engine
             registry = get_registry()
             for name, info in self.plugins.items():
                 if name not in registry.activations:
@@ -71,7 +71,7 @@ class Model:
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data") -> dict:
         """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse."""
-        from .data import as_labels, as_targets
+        from ..io.datasets import as_labels, as_targets
         out = self.predict_proba(X, source).astype(np.float64)
         n = len(out)
         if self.loss == "cross_entropy":
@@ -187,7 +187,7 @@ def resolve_model_path(path: Path) -> Path:
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return path / "model.safetensors"
-        from .checkpoint import list_checkpoints
+        from ..io.safetensors import list_checkpoints
         found = list_checkpoints(path / "checkpoints")
         if found:
             return found[-1]
@@ -204,7 +204,7 @@ def load_model(path, on_skip=None) -> Model:
     to be skipped (default: a warning)."""
     path = Path(path)
     if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "checkpoints").is_dir():
-        from .checkpoint import latest_valid
+        from ..io.safetensors import latest_valid
         found = []
         _, _, _, skipped = latest_valid(
             path / "checkpoints", check=lambda p, t, m: found.append(Model.from_parts(t, m, str(p))))

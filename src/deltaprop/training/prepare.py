@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .config import Config
-from .data import (as_labels, as_targets, dataset_from_arrays, load_dataset,
+from ..io.datasets import (as_labels, as_targets, dataset_from_arrays, load_dataset,
                    validate_labels_for_classification)
 from .model import Model
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .engine import default_threads
+from .._system import cores
 from .queue import Job, Queue
 
 LEASE_S = 30.0
@@ -54,7 +54,7 @@ class LocalExecutor:
     """Each job in a child process on this machine."""
 
     def cores(self) -> int:
-        return default_threads()
+        return cores()
 
     def start(self, job: Job, threads: int):
         log = open(os.path.join(job.run_dir, "log.txt"), "ab")

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, PluginError, TrainingFailed
-from .checkpoint import latest_valid, list_checkpoints, read_safetensors, save_checkpoint
+from ..io.safetensors import latest_valid, list_checkpoints, read_safetensors, save_checkpoint
 from .config import Config
-from .data import is_memory_mapped, prefetch_rows
-from .engine import Engine, OptimizerSpec
+from ..io.datasets import is_memory_mapped, prefetch_rows
+from ..compute.engine import Engine, OptimizerSpec
 from .model import Model
 from .prepare import Prepared, prepare
 from .rundir import lock_run_dir, prepare_run_dir, read_run_config

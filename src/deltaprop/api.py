@@ -11,10 +11,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, config_from_dict, load_config, merge_overrides
-from .model import load_model  # noqa: F401  (re-exported)
-from .prepare import resolve_data_spec
-from .trainer import RunResult, train_run
+from ._system import home
+from .training.config import Config, config_from_dict, load_config, merge_overrides
+from .training.model import load_model  # noqa: F401  (re-exported)
+from .training.prepare import resolve_data_spec
+from .training.trainer import RunResult, train_run
 
 
 def resolve_paths(config: Config, config_dir: Path | None) -> Config:
@@ -40,9 +41,7 @@ def read_config(source, overrides=()) -> Config:
 
 
 def default_run_dir(name: str) -> Path:
-    import os
-    home = Path(os.environ.get("DELTAPROP_HOME", "deltaprop-runs"))
-    return home / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return home() / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def train(config, run_dir=None, **overrides) -> RunResult:
@@ -54,5 +53,5 @@ def train(config, run_dir=None, **overrides) -> RunResult:
 
 
 def _toml(v) -> str:
-    from .config import _toml_value
+    from .training.config import _toml_value
     return _toml_value(v)

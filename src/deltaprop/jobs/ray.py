@@ -16,7 +16,7 @@ import socket
 import subprocess
 
 from ..errors import DeltapropError
-from .runner import _die_with_parent, job_command, job_env
+from .worker import _die_with_parent, job_command, job_env
 
 
 def _run_job(run_dir: str, threads: int, attempt: int) -> int:

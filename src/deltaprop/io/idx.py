@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deltaprop._system import data_cache_dir
 from deltaprop.errors import DataError
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -82,10 +83,8 @@ def _read_into(f, view: memoryview) -> int:
 
 def _cache_path(path: Path, dims: tuple[int, ...], dtype: np.dtype) -> Path | None:
     """Cache file for a decompressed IDX array, keyed by source path, size and mtime; None: off."""
-    root = os.environ.get("DELTAPROP_CACHE_DIR")  # set but empty: caching off
+    root = data_cache_dir()
     if root is None:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()) / "deltaprop")
-    if not root:
         return None
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dims}|{dtype.str}"

@@ -1,1 +1,0 @@
-"""Service layer: config, data, trainer, checkpoint, queue, runner, evaluate (no Numba kernels here)."""

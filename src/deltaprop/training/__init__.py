@@ -1,0 +1,1 @@
+"""The training path: config, data preparation, model, run directory, checkpoints, the trainer."""
