@@ -1,4 +1,4 @@
-"""Tests for deltaprop.io.safetensors: round trip, interop, truncation, corruption, hostile
+"""Tests for deltaprop.io.safetensors and io.checkpoints: round trip, interop, truncation, corruption, hostile
 headers, crash safety, pruning and fallback to the newest valid checkpoint."""
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ import safetensors.numpy
 
 from deltaprop.errors import CheckpointError
 import deltaprop.io.safetensors as ck
-from deltaprop.io.safetensors import (
-    FORMAT,
-    checkpoint_name,
-    latest_valid,
-    list_checkpoints,
-    prune,
-    read_safetensors,
-    save_checkpoint,
-    write_safetensors,
-)
+from deltaprop.io.checkpoints import checkpoint_name, latest_valid, list_checkpoints, prune, save_checkpoint
+from deltaprop.io.safetensors import FORMAT, read_safetensors, write_safetensors
 
 META = {"config": {"layers": [784, 128, 10], "lr": 0.1}, "epoch": 3, "step": 1234,
         "activations": [{"name": "relu", "version": "1.0"}], "rng": [1, 2, 3], "note": None}
@@ -169,9 +161,11 @@ def _entry(dtype="F32", shape=(2,), offs=(0, 8)):
 HOSTILE = {
     "huge_header_len": (b"{}", b"", 2**63, "over the 16 MiB limit"),
     "huge_shape": ({"__metadata__": _meta(), "a": _entry(shape=[10**300] * 3000)}, b"\0" * 8, None,
-                   "2^64 bytes or more"),
+                   "not a valid safetensors file: invalid JSON in header"),
+    "overflowing_shape": ({"__metadata__": _meta(), "a": _entry(shape=[2**40] * 3)}, b"\0" * 8, None,
+                          "not a valid safetensors file: overflow"),
     "zero_dim_huge": ({"__metadata__": _meta(), "a": _entry(shape=[2**62, 0], offs=(0, 0))}, b"", None,
-                      "checksum mismatch"),
+                      "not a valid safetensors file"),
     "header_len_past_eof": (b"{}", b"", 500, "is truncated: header length is 500"),
     "not_json": (b"\x00\xffnot json", b"", None, "not valid UTF-8 JSON"),
     "json_array": (b"[1, 2]", b"", None, "JSON list, not an object"),
@@ -183,22 +177,28 @@ HOSTILE = {
     "offsets_out_of_range": ({"__metadata__": _meta(), "a": _entry(offs=(100, 108))}, b"\0" * 8, None,
                              "is truncated: header says 108 bytes"),
     "offsets_reversed": ({"__metadata__": _meta(), "a": _entry(offs=(8, 0))}, b"\0" * 8, None,
-                         "invalid data_offsets"),
+                         "invalid offset for tensor `a`"),
     "offsets_negative": ({"__metadata__": _meta(), "a": _entry(offs=(-8, 0))}, b"\0" * 8, None,
-                         "invalid data_offsets"),
+                         "invalid JSON in header"),
     "offsets_overlap": ({"__metadata__": _meta(), "a": _entry(offs=(0, 8)), "b": _entry(offs=(4, 12))},
-                        b"\0" * 12, None, "overlapping"),
-    "offsets_gap": ({"__metadata__": _meta(), "a": _entry(offs=(4, 12))}, b"\0" * 12, None, "gap"),
-    "shape_negative": ({"__metadata__": _meta(), "a": _entry(shape=(-2,))}, b"\0" * 8, None, "invalid shape"),
-    "shape_float": ({"__metadata__": _meta(), "a": _entry(shape=(2.0,))}, b"\0" * 8, None, "invalid shape"),
-    "shape_bool": ({"__metadata__": _meta(), "a": _entry(shape=(True,))}, b"\0" * 8, None, "invalid shape"),
+                        b"\0" * 12, None, "invalid offset for tensor `b`"),
+    "offsets_gap": ({"__metadata__": _meta(), "a": _entry(offs=(4, 12))}, b"\0" * 12, None,
+                    "invalid offset for tensor `a`"),
+    "shape_negative": ({"__metadata__": _meta(), "a": _entry(shape=(-2,))}, b"\0" * 8, None,
+                       "invalid JSON in header"),
+    "shape_float": ({"__metadata__": _meta(), "a": _entry(shape=(2.0,))}, b"\0" * 8, None,
+                    "invalid JSON in header"),
+    "shape_bool": ({"__metadata__": _meta(), "a": _entry(shape=(True,))}, b"\0" * 8, None,
+                   "invalid JSON in header"),
     "shape_not_list": ({"__metadata__": _meta(), "a": {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}},
-                       b"\0" * 8, None, "invalid shape"),
+                       b"\0" * 8, None, "expected a sequence"),
     "size_mismatch": ({"__metadata__": _meta(), "a": _entry(shape=(3,))}, b"\0" * 8, None,
-                      "needs 12 bytes but its offsets span 8"),
+                      "invalid shape, data type, or offset for tensor"),
     "unknown_dtype": ({"__metadata__": _meta(), "a": _entry(dtype="C64")}, b"\0" * 8, None,
-                      "unsupported dtype 'C64'"),
-    "entry_not_object": ({"__metadata__": _meta(), "a": [1, 2]}, b"", None, "malformed header entry"),
+                      "invalid shape, data type, or offset for tensor"),
+    "dtype_numpy_lacks": ({"__metadata__": _meta(), "a": _entry(dtype="BF16", shape=(4,))}, b"\0" * 8, None,
+                          "not a valid safetensors file"),
+    "entry_not_object": ({"__metadata__": _meta(), "a": [1, 2]}, b"", None, "invalid JSON in header"),
     "bad_checksum": ({"__metadata__": _meta(), "a": _entry()}, b"\0" * 8, None, "checksum mismatch"),
     "no_checksum": ({"__metadata__": {"format": FORMAT, "deltaprop": "{}"}}, b"", None, "no checksum"),
 }
@@ -256,7 +256,6 @@ def test_crash_mid_write_keeps_previous_file(good, monkeypatch, victim):
         raise OSError(28, "No space left on device")
 
     if victim == "write":
-        monkeypatch.setattr(ck, "_serialize", lambda *a, **k: b"x" * 10)
         real_fdopen = os.fdopen
 
         class Half:
@@ -424,3 +423,40 @@ def test_hand_crafted_model_metadata_is_rejected(tmp_path, case):
     with pytest.raises(CheckpointError) as e:
         load_model(p)
     assert str(p) in str(e.value) and msg in str(e.value)
+
+
+# ---- files from before the move to the safetensors library ----------------------------------------
+
+FORMAT_V1 = Path(__file__).resolve().parent / "fixtures" / "format-v1"
+
+
+def test_files_written_by_the_hand_written_writer_still_load_predict_and_resume(tmp_path):
+    """fixtures/format-v1 was written by deltaprop's own safetensors writer (before the library
+    took over): the model predicts as it did, and the epoch-1 checkpoint resumes to exactly the
+    weights of an uninterrupted run of the same config."""
+    import shutil
+
+    from deltaprop.api import read_config
+    from deltaprop.io.rundir import RunDir
+    from deltaprop.training.model import load_model
+    from deltaprop.training.trainer import resume_run, train_run
+    X = np.load(FORMAT_V1 / "data.npz")["X"]
+    model = load_model(FORMAT_V1 / "model.safetensors")
+    np.testing.assert_allclose(model.predict_proba(X), np.load(FORMAT_V1 / "expected_proba.npy"), atol=1e-6)
+    assert sorted(safetensors.numpy.load_file(FORMAT_V1 / "model.safetensors")) == \
+        ["layers.0.bias", "layers.0.weight", "layers.1.bias", "layers.1.weight"]
+
+    shutil.copy(FORMAT_V1 / "data.npz", tmp_path / "data.npz")
+    cfg = read_config({"model": {"hidden": [8], "activation": "tanh"},
+                       "data": {"train": str(tmp_path / "data.npz"), "test": "", "scale": "standardize"},
+                       "training": {"epochs": 3, "batch_size": 16, "seed": 3},
+                       "optimizer": {"name": "adam", "lr": 0.01},
+                       "checkpoint": {"every_epochs": 1, "keep": 3}})
+    fresh = train_run(cfg, tmp_path / "fresh")
+    rd = RunDir(tmp_path / "resumed")
+    rd.checkpoint_dir.mkdir(parents=True)
+    rd.write_config(cfg.to_toml())
+    shutil.copy(FORMAT_V1 / "step-0000000004.safetensors", rd.checkpoint_dir)
+    resumed = resume_run(rd.path)
+    assert [m["loss"] for m in resumed.metrics] == [m["loss"] for m in fresh.metrics]
+    assert np.array_equal(resumed.model.theta, fresh.model.theta)

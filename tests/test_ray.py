@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deltaprop.io.safetensors import list_checkpoints, read_safetensors
+from deltaprop.io.checkpoints import list_checkpoints
+from deltaprop.io.safetensors import read_safetensors
 
 BIN = Path(sys.executable).parent
 CONFIG = """

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from deltaprop.api import read_config
-from deltaprop.io.safetensors import list_checkpoints, read_safetensors
+from deltaprop.io.checkpoints import list_checkpoints
+from deltaprop.io.safetensors import read_safetensors
 from deltaprop.training.trainer import train_run
 
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))

@@ -131,16 +131,15 @@ def test_plugin_activation_swish_fits_and_predicts(digits, tmp_path):
 
 def test_threads_auto_is_tuned_across_fits_and_changes_no_result(digits, monkeypatch):
     """threads=0 fits take their thread count from one process-wide tuner fed by every fit (short
-    fits never reach the trainer's own probing); an explicit count or DELTAPROP_THREADS bypasses
-    it. The weights are the same whatever the count."""
-    from deltaprop import sklearn as dsk
-    from deltaprop.training.threads import ThreadTuner
+    fits never reach the trainer's own probing); an explicit count bypasses it. The weights are
+    the same whatever the count."""
+    from deltaprop.sklearn import _base as dsk
+    from deltaprop.training.threads import SharedThreadTuner, ThreadTuner
     Xtr, ytr, _, _ = digits
     tuner = ThreadTuner(2)
     tuner.next_probe = float("inf")  # no probing: the test sets the count each fit gets
-    monkeypatch.setattr(dsk, "_FIT_THREADS", dsk._FitThreads())
+    monkeypatch.setattr(dsk, "_FIT_THREADS", SharedThreadTuner())
     dsk._FIT_THREADS.tuner = tuner
-    monkeypatch.delenv("DELTAPROP_THREADS", raising=False)
     kw = dict(hidden_layer_sizes=(32,), max_iter=3, random_state=0)
     auto = []
     for threads in (2, 1):
@@ -153,8 +152,7 @@ def test_threads_auto_is_tuned_across_fits_and_changes_no_result(digits, monkeyp
     for clf in auto + fixed[1:]:
         assert np.array_equal(clf.model_.theta, fixed[0].model_.theta)
     before = dict(tuner.seconds_per_sample)
-    monkeypatch.setenv("DELTAPROP_THREADS", "1")
-    MLPClassifier(**kw).fit(Xtr, ytr)
+    MLPClassifier(threads=1, **kw).fit(Xtr, ytr)
     assert tuner.seconds_per_sample == before  # not a tuned fit
 
 
@@ -251,16 +249,16 @@ def _sklearn_stop_epoch(losses, tol, n_iter_no_change):
 def test_trainer_running_best_rule_is_sklearns(losses):
     """early_stopping.best = "running" with patience n + 1 stops on the epoch scikit-learn stops on."""
     from deltaprop.training.config import config_from_dict
-    from deltaprop.training.trainer import State, Trainer
+    from deltaprop.training.early_stopping import EarlyStopping
+    from deltaprop.training.state import State
     tol, n = 1e-4, 3
     cfg = config_from_dict({"early_stopping": {"patience": n + 1, "monitor": "train_loss", "min_delta": tol,
                                                "best": "running", "restore_best": False}})
-    trainer = Trainer(cfg, None)
-    trainer.state, trainer.theta = State(), np.zeros(1)
+    stopper, state = EarlyStopping(cfg.early_stopping), State()
     ours = None
     for epoch, loss in enumerate(losses, 1):
-        trainer.state.epoch = epoch - 1
-        if trainer._early_stopping({"loss": loss}):
+        state.epoch = epoch - 1
+        if stopper.update({"loss": loss}, state, np.zeros(1)):
             ours = epoch
             break
     assert ours == _sklearn_stop_epoch(losses, tol, n)

@@ -151,19 +151,15 @@ def test_memory_mapped_npy_trains(tmp_path, classes):
 def test_block_shuffle_is_a_permutation_of_contiguous_blocks(tmp_path, classes):
     """training.shuffle_block: every row once per epoch, in runs of consecutive rows (so a
     memory-mapped file streams), deterministic, and different from epoch to epoch."""
-    from deltaprop.api import read_config
-    from deltaprop.training.trainer import Trainer
-    cfg = read_config(_config(classes, training={"shuffle_block": 64}))
-    trainer = Trainer(cfg, None)
-    trainer._setup()
-    trainer.state.epoch_rng = np.random.default_rng(0).bit_generator.state
-    first = trainer._perm()
+    from deltaprop.training.order import EpochOrder
+    order = EpochOrder(np.arange(600), seed=0, shuffle=True, block=64)
+    first, state = order.draw(order.initial_state())
+    assert np.array_equal(order.draw(order.initial_state())[0], first)  # a function of the state
     assert sorted(first) == list(range(600))
     block_of = first // 64
     assert (np.diff(block_of) != 0).sum() == 600 // 64  # 10 blocks, each visited in one run
     assert not np.array_equal(first, np.arange(600))
-    trainer._advance_rng()
-    assert not np.array_equal(trainer._perm(), first)
+    assert not np.array_equal(order.draw(state)[0], first)
     a = deltaprop.train(_config(classes, training={"shuffle_block": 64}), run_dir=tmp_path / "a")
     b = deltaprop.train(_config(classes, training={"shuffle_block": 64}), run_dir=tmp_path / "b")
     assert a.metrics[-1]["loss"] == b.metrics[-1]["loss"]
@@ -244,8 +240,7 @@ def test_shuffle_false_trains_in_file_order_whatever_the_seed(tmp_path, classes)
     """With shuffle = false and the initial weights from a file (so the seed decides nothing else:
     no dropout, no validation split), two seeds give identical weights; with shuffling they differ.
     The epoch order is the rows in file order, every epoch."""
-    from deltaprop.api import read_config
-    from deltaprop.training.trainer import Trainer
+    from deltaprop.training.order import EpochOrder
     init = deltaprop.train(_config(classes, training={"epochs": 1}), run_dir=tmp_path / "init")
     init_path = str(init.run_dir / "model.safetensors")
 
@@ -259,9 +254,8 @@ def test_shuffle_false_trains_in_file_order_whatever_the_seed(tmp_path, classes)
     assert not np.array_equal(w[1, True], w[2, True])
     assert not np.array_equal(w[1, False], w[1, True])
 
-    trainer = Trainer(read_config(_config(classes, training={"shuffle": False, "seed": 5})), None)
-    trainer._setup()
-    trainer.state.epoch_rng = np.random.default_rng(5).bit_generator.state
+    order = EpochOrder(np.arange(600), seed=5, shuffle=False, block=0)
+    state = order.initial_state()
     for _ in range(2):
-        assert np.array_equal(trainer._perm(), np.arange(600))
-        trainer._advance_rng()
+        rows, state = order.draw(state)
+        assert np.array_equal(rows, np.arange(600))

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from deltaprop.api import read_config
-from deltaprop.io.safetensors import list_checkpoints, read_safetensors
+from deltaprop.io.checkpoints import list_checkpoints
+from deltaprop.io.safetensors import read_safetensors
 from deltaprop.jobs.queue import Queue
 from fixtures.cli import NUMBA_CACHE_DIR, assert_exit, cli
 
@@ -68,12 +69,12 @@ keep = 2
 # ---- helpers ---------------------------------------------------------------------------------------
 def _env(home: Path | None = None, threads: int | None = None, **extra) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=NUMBA_CACHE_DIR, PYTHONUNBUFFERED="1")
-    for key in ("DELTAPROP_THREADS", "NUMBA_NUM_THREADS", "DELTAPROP_LOAD_PLUGINS"):
+    for key in ("NUMBA_NUM_THREADS", "DELTAPROP_LOAD_PLUGINS"):
         env.pop(key, None)
     if home is not None:
         env["DELTAPROP_HOME"] = str(home)
     if threads is not None:
-        env["DELTAPROP_THREADS"] = env["NUMBA_NUM_THREADS"] = str(threads)
+        env["NUMBA_NUM_THREADS"] = str(threads)
     env.update(extra)
     return env
 
@@ -247,7 +248,8 @@ def refs(configs, tmp_path_factory):
             if key is not None:
                 seed, epochs, threads = key
                 proc = subprocess.Popen([DELTAPROP, "train", str(configs(seed, epochs)), "--run-dir",
-                                         str(_dir(*key))], env=_env(root / "home", threads), text=True,
+                                         str(_dir(*key)), *(["--threads", str(threads)] if threads else [])],
+                                        env=_env(root / "home", threads), text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 running.append((key, proc))
 
@@ -357,9 +359,9 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, configs, refs):
 # ---- a job that crashes its process -----------------------------------------------------------------------
 CRASH_HOOK = """
 import os, signal, sys
-# In the job process `python -m deltaprop.cli.main resume RUN_DIR` only (argv is ['-m', 'resume', RUN_DIR]
-# while site runs): die the way a broken native extension would.
-if sys.argv[-2:] == ["resume", os.environ.get("CRASH_RUN_DIR")]:
+# In the job process `python -m deltaprop.cli.main resume RUN_DIR --threads N` only (argv is
+# ['-m', 'resume', RUN_DIR, '--threads', N] while site runs): die the way a broken native extension would.
+if sys.argv[1:3] == ["resume", os.environ.get("CRASH_RUN_DIR")]:
     os.kill(os.getpid(), signal.SIGSEGV)
 """
 

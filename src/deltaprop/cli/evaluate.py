@@ -57,14 +57,11 @@ def predict(
     classes: Annotated[bool, typer.Option("--classes", help="Write class labels instead of probabilities.")] = False,
 ):
     """Write class probabilities (or labels with --classes) or regression outputs to a .npy file."""
-    import os
-
     import numpy as np
+
+    from .._system import atomic_write
     m, ds = _load(model, data, False)
     out = m.predict(ds.X, ds.source) if classes else m.predict_proba(ds.X, ds.source)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, out)
-    os.replace(tmp, output)
+    atomic_write(output, lambda f: np.save(f, out))
     console.print(f"wrote {output}: {out.shape} {'labels' if classes else 'outputs'}")

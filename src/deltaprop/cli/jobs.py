@@ -138,9 +138,10 @@ def show(job_id: Annotated[int, typer.Argument(help="Job id.")]):
     """One job: state, attempts, run directory, last metrics."""
     job = _queue(readonly=True).get(job_id)
     print(json.dumps(job.__dict__, indent=2))
-    metrics = Path(job.run_dir) / "metrics.jsonl"
-    if metrics.exists() and metrics.read_text().strip():
-        print("last epoch: " + metrics.read_text().strip().splitlines()[-1])
+    from ..io.rundir import RunDir
+    history = RunDir(job.run_dir).read_metrics()
+    if history:
+        print("last epoch: " + json.dumps(history[-1], sort_keys=True))
 
 
 @app.command()
@@ -155,7 +156,8 @@ def logs(
     job = queue.get(job_id)
     if not Path(job.run_dir).is_dir():
         raise DeltapropError(f"job {job_id}'s run directory {job.run_dir} is missing (moved or deleted)")
-    path = Path(job.run_dir) / "log.txt"
+    from ..io.rundir import RunDir
+    path = RunDir(job.run_dir).log_path
     pos, ended = 0, not follow
     while True:
         if follow:  # read the state before the file: lines written before the job ended get printed

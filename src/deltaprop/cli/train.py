@@ -14,17 +14,22 @@ def _summary(result) -> None:
                                              "test_accuracy", "test_mse") if k in last]
     console.print(f"done: {result.run_dir} after {len(result.metrics)} epochs"
                   + (" (stopped early)" if result.stopped_early else "") + ("; " + " ".join(parts) if parts else ""))
-    console.print(f"model: {result.run_dir / 'model.safetensors'}")
+    from ..io.rundir import RunDir
+    console.print(f"model: {RunDir(result.run_dir).model_path}", markup=False)
 
 
-def _run(fn, *args):
+def _run(fn, *args, **kwargs):
     from .progress import make_reporter
     reporter = make_reporter()
     try:
-        return fn(*args, reporter=reporter)
+        return fn(*args, reporter=reporter, **kwargs)
     finally:
         if hasattr(reporter, "stop"):
             reporter.stop()
+
+
+Threads = Annotated[Optional[int], typer.Option(min=0, help="Threads for this process, not recorded in the "
+                                                "config (default: training.threads; results do not depend on it).")]
 
 
 @handle_errors
@@ -32,18 +37,22 @@ def train(
     config: Annotated[Path, typer.Argument(help="TOML config file.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: $DELTAPROP_HOME/runs/NAME-TIME).")] = None,
+    threads: Threads = None,
 ):
     """Train a model in the foreground and write the run directory."""
     from ..api import default_run_dir, read_config
     from ..training.trainer import train_run
     cfg = read_config(config, set_ or [])
-    result = _run(train_run, cfg, run_dir or default_run_dir(config.stem))
+    result = _run(train_run, cfg, run_dir or default_run_dir(config.stem), threads=threads)
     _summary(result)
 
 
 @handle_errors
-def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")]):
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
+    threads: Threads = None,
+):
     """Continue a run from its newest valid checkpoint to the configured end."""
     from ..training.trainer import resume_run
-    result = _run(resume_run, run_dir)
+    result = _run(resume_run, run_dir, threads=threads)
     _summary(result)

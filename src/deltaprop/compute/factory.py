@@ -20,7 +20,8 @@ from types import CodeType, FunctionType, ModuleType
 
 import numpy as np
 
-from .._system import kernel_cache_dir
+from .._system import atomic_write, kernel_cache_dir
+from ..errors import WriteError
 from ..plugins.activation import Activation
 
 _LOADED: dict[str, ModuleType] = {}
@@ -176,10 +177,8 @@ def _write(name: str, source: str) -> Path:
             if path.is_file() and path.read_text() == source:
                 return path
             directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / f".{name}.{os.getpid()}.tmp"
-            tmp.write_text(source)
-            os.replace(tmp, path)  # atomic: a concurrent process sees the old or the new file
+            atomic_write(path, source)  # a concurrent process sees the old or the new file
             return path
-        except OSError:
+        except (OSError, WriteError):
             continue
     raise OSError("no writable directory for deltaprop's generated kernels")

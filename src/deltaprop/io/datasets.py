@@ -8,7 +8,6 @@ happens in the trainer) and must be treated as read-only. Every problem raises `
 one sentence naming the file and the row/column/line.
 
     ds = load_dataset("fashion-mnist:train")          # ds.X (60000, 784) uint8, ds.y (60000,) int64
-    n_classes = validate_labels_for_classification(ds.y, None, ds.source)
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deltaprop.errors import DataError
-from deltaprop.io.idx import find_idx, read_idx
+from ..errors import DataError
+from .idx import find_idx, read_idx
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {"train": "train", "test": "t10k"}
@@ -128,63 +127,6 @@ def dataset_from_arrays(X, y=None, source: str = "arrays") -> Dataset:
     """Validate in-memory arrays exactly as a loaded file's (dtype, 2-D shape, emptiness, NaN/Inf,
     X/y row counts); errors name `source` (e.g. "fit(X, y)") instead of a file."""
     return _finish(np.asarray(X), None if y is None else np.asarray(y), source, source, source)
-
-
-def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | None, source: str) -> int:
-    """Check `y` holds integer class labels in 0..n_classes-1; return the number of classes.
-
-    Float arrays of integral values are accepted (see `as_labels` for the int64 copy). With
-    `n_classes=None` the count is `max(y) + 1`.
-    """
-    if y is None:
-        raise DataError(f"{source}: classification needs labels, but the data has none.")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{source}: classification needs 1-D integer labels, got shape {y.shape} "
-                        "(for one-hot or real-valued targets use loss = \"mse\").")
-    if y.size == 0:
-        raise DataError(f"{source}: there are no labels (0 rows).")
-    if y.dtype.kind == "f":
-        bad = ~np.isfinite(y) | (y != np.round(y))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, not an integer class label.")
-    elif y.dtype.kind not in "biu":
-        raise DataError(f"{source}: labels have dtype {y.dtype}, expected integers.")
-    bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
-    if bad.any():
-        i = int(np.argmax(bad))
-        allowed = "non-negative" if n_classes is None else f"in 0..{n_classes - 1} ({n_classes} classes)"
-        raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, labels must be {allowed}.")
-    return int(n_classes) if n_classes is not None else int(y.max()) + 1
-
-
-def as_labels(y: np.ndarray | None, n_classes: int | None, source: str) -> np.ndarray:
-    """Validated class labels as a (n,) int64 array (floats with integral values converted)."""
-    validate_labels_for_classification(y, n_classes, source)
-    return np.asarray(y).reshape(-1).astype(np.int64, copy=False)
-
-
-def as_targets(y: np.ndarray | None, n_outputs: int, source: str, dtype=np.float64) -> np.ndarray:
-    """Targets for mse as a float (n, n_outputs) array.
-
-    1-D float y becomes (n, 1); 1-D integer labels with `n_outputs > 1` are one-hot encoded.
-    """
-    if y is None:
-        raise DataError(f"{source}: loss mse needs targets, but the data has none.")
-    y = np.asarray(y)
-    if y.ndim == 1 and y.dtype.kind in "biu" and n_outputs > 1:
-        labels = as_labels(y, n_outputs, source)
-        out = np.zeros((labels.shape[0], n_outputs), dtype=dtype)
-        out[np.arange(labels.shape[0]), labels] = 1.0
-        return out
-    y2 = y.reshape(-1, 1) if y.ndim == 1 else y
-    if y2.ndim != 2 or y2.shape[1] != n_outputs:
-        raise DataError(f"{source}: targets have shape {y.shape} but the model has {n_outputs} "
-                        f"output(s); expected shape ({y.shape[0] if y.ndim else '?'}, {n_outputs}).")
-    return np.ascontiguousarray(y2, dtype=dtype)
 
 
 # -- validation shared by all formats -------------------------------------------------------------

@@ -8,18 +8,15 @@ the source's path, size and mtime. The cache is best-effort: unwritable or corru
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from deltaprop._system import data_cache_dir
-from deltaprop.errors import DataError
+from .._system import atomic_write, data_cache_dir
+from ..errors import DataError, WriteError
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -100,14 +97,9 @@ def _cache_load(cpath: Path | None, dims: tuple[int, ...], dtype: np.dtype) -> n
 
 
 def _cache_store(cpath: Path, arr: np.ndarray) -> None:
-    """Write atomically (temp file + os.replace); silently give up if the dir is not writable."""
-    tmp = None
+    """Write atomically; silently give up if the directory is not writable (a cache, nothing more)."""
     try:
         cpath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cpath.parent, prefix=".tmp-", suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, cpath)
-    except OSError:
-        with contextlib.suppress(OSError, TypeError):
-            os.unlink(tmp)
+        atomic_write(cpath, lambda f: np.save(f, arr))
+    except (OSError, WriteError):
+        pass

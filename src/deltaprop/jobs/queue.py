@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from .._system import home as default_home
 from ..errors import DeltapropError
+from ..io.rundir import RunDir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -159,9 +160,7 @@ class Queue:
                              "VALUES (?, 'queued', '', ?, ?)", (name, max_attempts, time.time()))
             job_id = cur.lastrowid
             run_dir = _new_dir(self.home / "runs", f"job-{job_id:06d}")
-            tmp = run_dir / ".config.toml.tmp"
-            tmp.write_text(config_toml)
-            os.replace(tmp, run_dir / "config.toml")
+            RunDir(run_dir).write_config(config_toml)
             db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(run_dir), job_id))
         return self.get(job_id)
 

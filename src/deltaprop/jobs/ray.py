@@ -16,6 +16,7 @@ import socket
 import subprocess
 
 from ..errors import DeltapropError
+from ..io.rundir import RunDir
 from .worker import _die_with_parent, job_command, job_env
 
 
@@ -23,11 +24,11 @@ def _run_job(run_dir: str, threads: int, attempt: int) -> int:
     """Body of the Ray task: the job in a child process; SIGTERM to it if the task is cancelled."""
     import ray
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)  # what Ray granted the task
-    with open(os.path.join(run_dir, "log.txt"), "ab") as log:
+    with RunDir(run_dir).open_log() as log:
         log.write(f"--- attempt {attempt} on ray node {socket.gethostname()} pid {os.getpid()}, "
                   f"num_cpus {cpus:g} ---\n".encode())
         log.flush()
-        proc = subprocess.Popen(job_command(run_dir), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(job_command(run_dir, threads), stdout=log, stderr=subprocess.STDOUT,
                                 env=job_env(threads), preexec_fn=_die_with_parent)
         try:
             while True:  # in slices: ray.cancel's KeyboardInterrupt (interrupt_main) is raised between

@@ -1,10 +1,9 @@
 """Sweeps: the cartesian product of --grid values, submitted as jobs, and their leaderboard."""
 
 import itertools
-import json
-from pathlib import Path
 
 from ..errors import ConfigError
+from ..io.rundir import RunDir
 
 
 def split_values(text: str) -> list[str]:
@@ -46,11 +45,8 @@ def leaderboard(jobs) -> list[dict]:
     """Finished jobs with their last epoch's metrics, best first (accuracy, else lowest loss)."""
     rows = []
     for job in jobs:
-        path = Path(job.run_dir) / "metrics.jsonl"
-        last = {}
-        if path.exists():
-            lines = path.read_text().splitlines()
-            last = json.loads(lines[-1]) if lines else {}
+        history = RunDir(job.run_dir).read_metrics()
+        last = history[-1] if history else {}
         rows.append({"id": job.id, "name": job.name, "status": job.status, **last})
 
     def key(r):

@@ -24,18 +24,19 @@ import uuid
 from dataclasses import dataclass, field
 
 from .._system import cores
+from ..io.rundir import RunDir
 from .queue import Job, Queue
 
 LEASE_S = 30.0
 HEARTBEAT_S = 2.0
 
 
-def job_command(run_dir: str) -> list[str]:
-    return [sys.executable, "-m", "deltaprop.cli.main", "resume", run_dir]
+def job_command(run_dir: str, threads: int) -> list[str]:
+    return [sys.executable, "-m", "deltaprop.cli.main", "resume", run_dir, "--threads", str(threads)]
 
 
 def job_env(threads: int) -> dict:
-    env = dict(os.environ, DELTAPROP_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))  # Numba starts no more threads than that
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -57,10 +58,10 @@ class LocalExecutor:
         return cores()
 
     def start(self, job: Job, threads: int):
-        log = open(os.path.join(job.run_dir, "log.txt"), "ab")
+        log = RunDir(job.run_dir).open_log()
         log.write(f"--- attempt {job.attempts} on {socket.gethostname()} pid {os.getpid()} ---\n".encode())
         log.flush()
-        proc = subprocess.Popen(job_command(job.run_dir), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(job_command(job.run_dir, threads), stdout=log, stderr=subprocess.STDOUT,
                                 env=job_env(threads), start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
         return proc
@@ -192,7 +193,7 @@ class Worker:
                 self.log(f"job {job_id}: checkpointed and returned to the queue")
                 continue
             else:
-                status, error = "failed", f"exit code {code}: {_tail(r.job.run_dir)}"
+                status, error = "failed", f"exit code {code}: {RunDir(r.job.run_dir).log_tail()}"
             self._end(r.job, status, error)
 
 
@@ -206,13 +207,3 @@ def _die_with_parent() -> None:
     if os.getppid() == 1:  # the worker died between fork and prctl
         os._exit(1)
 
-
-def _tail(run_dir: str, lines: int = 3) -> str:
-    try:
-        with open(os.path.join(run_dir, "log.txt"), "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4000))
-            text = f.read().decode(errors="replace").strip().splitlines()
-        return " / ".join(text[-lines:])
-    except OSError:
-        return "no log"

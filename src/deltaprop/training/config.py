@@ -332,3 +332,12 @@ def load_config(path, overrides=()) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return config_from_dict(merge_overrides(raw, overrides), str(path))
+
+
+def read_run_config(rundir) -> Config:
+    """The resolved config of a run directory (`rundir`: an io.rundir.RunDir)."""
+    text = rundir.read_config_text()
+    try:
+        return config_from_dict(tomllib.loads(text), str(rundir.config_path))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{rundir.config_path} is not valid TOML: {exc}") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, DataError
+from ..io.rundir import RunDir
 from ..io.safetensors import read_safetensors, write_safetensors
 
 LOSSES = ("cross_entropy", "mse")
@@ -71,7 +72,7 @@ class Model:
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data") -> dict:
         """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse."""
-        from ..io.datasets import as_labels, as_targets
+        from .targets import as_labels, as_targets
         out = self.predict_proba(X, source).astype(np.float64)
         n = len(out)
         if self.loss == "cross_entropy":
@@ -185,10 +186,10 @@ def resolve_model_path(path: Path) -> Path:
     """A model file, or a run directory (its model.safetensors, else its newest checkpoint)."""
     path = Path(path)
     if path.is_dir():
-        if (path / "model.safetensors").is_file():
-            return path / "model.safetensors"
-        from ..io.safetensors import list_checkpoints
-        found = list_checkpoints(path / "checkpoints")
+        rd = RunDir(path)
+        if rd.model_path.is_file():
+            return rd.model_path
+        found = rd.checkpoints()
         if found:
             return found[-1]
         raise CheckpointError(f"{path} is a directory without model.safetensors or checkpoints/: "
@@ -203,11 +204,10 @@ def load_model(path, on_skip=None) -> Model:
     newest usable checkpoint. `on_skip(checkpoint, why)` hears of every newer checkpoint that had
     to be skipped (default: a warning)."""
     path = Path(path)
-    if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "checkpoints").is_dir():
-        from ..io.safetensors import latest_valid
+    rd = RunDir(path)
+    if path.is_dir() and not rd.model_path.is_file() and rd.checkpoint_dir.is_dir():
         found = []
-        _, _, _, skipped = latest_valid(
-            path / "checkpoints", check=lambda p, t, m: found.append(Model.from_parts(t, m, str(p))))
+        _, _, _, skipped = rd.latest_checkpoint(check=lambda p, t, m: found.append(Model.from_parts(t, m, str(p))))
         for bad, why in skipped:
             if on_skip is not None:
                 on_skip(bad, why)

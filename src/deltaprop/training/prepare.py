@@ -14,9 +14,9 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .config import Config
-from ..io.datasets import (as_labels, as_targets, dataset_from_arrays, load_dataset,
-                   validate_labels_for_classification)
+from ..io.datasets import dataset_from_arrays, load_dataset
 from .model import Model
+from .targets import as_labels, as_targets, class_labels
 
 _CHUNK = 8192  # rows per chunk when computing statistics (memory-mapped data streams)
 
@@ -53,8 +53,7 @@ def resolve_data_spec(spec: str, config_dir: Path | None) -> str:
 def _outputs(config: Config, y: np.ndarray, source: str, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
     """Kernel-ready labels/targets and the number of outputs (`n_outputs`: given, not inferred)."""
     if config.training.loss == "cross_entropy":
-        k = validate_labels_for_classification(y, n_outputs, source)
-        return as_labels(y, k, source), k
+        return class_labels(y, n_outputs, source)
     if n_outputs is not None:
         k = n_outputs
     elif y.ndim == 2:

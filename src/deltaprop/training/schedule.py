@@ -1,6 +1,7 @@
 """Learning-rate schedules as pure functions of the global step (so a resume is exact)."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,3 +28,20 @@ def lr_at(step: int, base_lr: float, steps_per_epoch: int, total_steps: int, s: 
 def lrs_for(step0: int, n: int, base_lr: float, steps_per_epoch: int, total_steps: int,
             s: ScheduleConfig) -> np.ndarray:
     return np.array([lr_at(step0 + i, base_lr, steps_per_epoch, total_steps, s) for i in range(n)])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate of every global step of one run (steps_per_epoch, total_steps fixed)."""
+
+    base_lr: float
+    steps_per_epoch: int
+    total_steps: int
+    config: ScheduleConfig
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.base_lr, self.steps_per_epoch, self.total_steps, self.config)
+
+    def lrs(self, step0: int, n: int) -> np.ndarray:
+        """(n,) learning rates of steps step0 .. step0 + n - 1."""
+        return lrs_for(step0, n, self.base_lr, self.steps_per_epoch, self.total_steps, self.config)

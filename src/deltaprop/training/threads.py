@@ -8,7 +8,10 @@ the cores, threads that wait on each other at every parallel region cost more th
 now and then, and uses the fastest; a probe that loses backs off exponentially (to 1 % overhead).
 """
 
+import threading
 import time
+
+from .._system import cores
 
 
 class ThreadTuner:
@@ -48,3 +51,29 @@ class ThreadTuner:
         else:
             self.every = min(self.max_backoff, self.every * 2)
         self.next_probe = now + self.every
+
+
+class SharedThreadTuner:
+    """One thread count for many short runs in this process (the scikit-learn estimators' fits).
+
+    The trainer's own tuner probes another thread count every few seconds of one run, but the fits
+    of a GridSearchCV or cross_val_score last about a second each: each would run with every core
+    and never find out that, on a busy machine, threads waiting for each other at every parallel
+    region cost more than they give (digits, 2 cores, one busy neighbour: 2 threads ~6x slower
+    than 1). This keeps one `ThreadTuner` for all fits, fed with each fit's time per unit of work
+    (rows x epochs x weights, so networks of different sizes compare). Results do not depend on
+    the thread count (the kernels' tiles are fixed)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tuner = None
+
+    def choose(self) -> int:
+        with self.lock:
+            if self.tuner is None:
+                self.tuner = ThreadTuner(cores())
+            return self.tuner.choose()
+
+    def record(self, threads: int, seconds: float, work: int) -> None:
+        with self.lock:
+            self.tuner.record(threads, seconds, work)

@@ -1,0 +1,182 @@
+"""A run directory: every file name in it, the lock that keeps one training process per run, and
+the reading and writing of its files. No other module spells these names.
+
+    RUN_DIR/config.toml        the resolved config the run trains (written once, atomically)
+    RUN_DIR/metrics.jsonl      one JSON object per epoch
+    RUN_DIR/checkpoints/       step-NNNNNNNNNN.safetensors, the newest `keep` kept
+    RUN_DIR/model.safetensors  the final model
+    RUN_DIR/log.txt            a queued job's output, every attempt
+
+`NullRunDir()` is a run that keeps nothing (the scikit-learn estimators train in memory): it takes
+no lock and writes no file, so the trainer never asks whether it has a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from .._system import atomic_write
+from ..errors import ConfigError
+from . import checkpoints
+from .safetensors import write_safetensors
+
+
+class RunDir:
+    persistent = True  # False for NullRunDir
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.txt"
+
+    def holds_run(self) -> bool:
+        """Whether training has written anything here (a checkpoint or the final model)."""
+        return self.checkpoint_dir.exists() or self.model_path.exists()
+
+    # ---- the lock ----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self):
+        """An exclusive lock for the life of a training process, so two processes never train
+        the same run at once. A flock on the directory itself: nothing in it is ever replaced
+        under the lock (a lock on config.toml was lost when a second `train` replaced that file),
+        and no extra file appears in the run directory."""
+        import fcntl
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"run directory {self.path} is in use by another deltaprop process "
+                                  "(a train or resume of it is running)") from None
+            except OSError as exc:
+                raise ConfigError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # ---- config.toml -------------------------------------------------------------------------
+    def write_config(self, text: str) -> None:
+        atomic_write(self.config_path, text)
+
+    def read_config_text(self) -> str:
+        if not self.config_path.is_file():
+            raise ConfigError(f"{self.path} is not a run directory: {self.config_path} is missing")
+        try:
+            return self.config_path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.config_path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    # ---- metrics.jsonl -----------------------------------------------------------------------
+    def write_metrics(self, history: list[dict]) -> None:
+        """The whole file: the history up to the checkpoint a run continues from."""
+        atomic_write(self.metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
+
+    def append_metrics(self, metrics: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        """Every epoch's metrics; a line cut short by a kill is left out."""
+        try:
+            lines = self.metrics_path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        out = []
+        for line in lines:
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(m, dict):
+                out.append(m)
+        return out
+
+    # ---- checkpoints/ and model.safetensors --------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files, oldest step first."""
+        return checkpoints.list_checkpoints(self.checkpoint_dir)
+
+    def save_checkpoint(self, step: int, tensors: dict, metadata: dict, keep: int) -> Path | None:
+        return checkpoints.save_checkpoint(self.checkpoint_dir, step, tensors, metadata, keep)
+
+    def latest_checkpoint(self, check=None):
+        """(path, tensors, metadata, skipped) of the newest valid checkpoint (see io.checkpoints)."""
+        return checkpoints.latest_valid(self.checkpoint_dir, check=check)
+
+    def save_model(self, tensors: dict, metadata: dict) -> None:
+        write_safetensors(self.model_path, tensors, metadata)
+
+    # ---- log.txt -----------------------------------------------------------------------------
+    def open_log(self):
+        """log.txt for appending (binary): a job's output, one attempt after another."""
+        return open(self.log_path, "ab")
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines of log.txt joined by ' / ' (why an attempt failed)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 4000))
+                text = f.read().decode(errors="replace").strip().splitlines()
+            return " / ".join(text[-lines:])
+        except OSError:
+            return "no log"
+
+
+class NullRunDir(RunDir):
+    """A run kept in memory: no lock, no files, no checkpoints."""
+
+    persistent = False
+
+    def __init__(self):
+        self.path = None
+
+    def __repr__(self) -> str:
+        return "NullRunDir()"
+
+    def holds_run(self) -> bool:
+        return False
+
+    def lock(self):
+        return nullcontext()
+
+    def write_config(self, text: str) -> None: ...
+
+    def write_metrics(self, history: list[dict]) -> None: ...
+
+    def append_metrics(self, metrics: dict) -> None: ...
+
+    def read_metrics(self) -> list[dict]:
+        return []
+
+    def checkpoints(self) -> list[Path]:
+        return []
+
+    def save_checkpoint(self, step: int, tensors: dict, metadata: dict, keep: int) -> None:
+        return None
+
+    def save_model(self, tensors: dict, metadata: dict) -> None: ...
