@@ -13,6 +13,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
+TEST_STAMP := $(VENV)/.stamp-test
 BENCH_STAMP := $(VENV)/.stamp-bench
 PLUGIN := examples/deltaprop-swish
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
@@ -37,13 +38,13 @@ run: setup
 	$(VENV)/bin/deltaprop train examples/fashion-mnist.toml --run-dir runs/fashion-mnist
 	$(VENV)/bin/deltaprop evaluate runs/fashion-mnist --data fashion-mnist:test
 
-test: setup
+test: $(TEST_STAMP) data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP) data
 	$(PY) bench/bench.py
 
-# The venv and the editable installs; redone only when a pyproject.toml changes.
+# The venv and the editable installs `make run` needs (no extras); redone when a pyproject.toml changes.
 $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 	@if ! $(PY) -m pip --version >/dev/null 2>&1; then \
 		echo "creating $(VENV) with $(PYTHON)"; \
@@ -52,11 +53,16 @@ $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 			$(call APT_INSTALL,python3-venv) && $(PYTHON) -m venv --clear $(VENV); \
 		} || { echo "error: cannot create $(VENV); install python3-venv (Debian) and retry" >&2; exit 1; }; \
 	fi
-	$(PY) -m pip install -q -e '.[dev,ray,sklearn]'
+	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q -e $(PLUGIN)
 	@touch $@
 
-# torch pinned exactly: an unpinned `torch` resolves to a CUDA build.
+# What the tests need besides: pytest, Hypothesis, Ray, scikit-learn, and torch as a test-only
+# oracle (pinned exactly: an unpinned `torch` resolves to a CUDA build).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,ray,sklearn]' 'torch==2.13.0'
+	@touch $@
+
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q 'torch==2.13.0' -e '.[bench]'
 	@touch $@

@@ -1,4 +1,4 @@
-"""Memory benchmarks (issue 5): peak RSS while training Fashion-MNIST beside PyTorch's, and a
+"""Memory benchmarks: peak RSS while training Fashion-MNIST beside PyTorch's, and a
 memory-mapped .npy dataset 3x larger than the memory a cgroup gives the process.
 
     .venv/bin/python bench/memory.py rss            # needs Fashion-MNIST; PyTorch optional

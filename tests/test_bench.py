@@ -1,6 +1,7 @@
 """Smoke test of bench/bench.py: the harness runs end to end on tiny sizes and its JSON has the
 documented shape. No timing assertions (the numbers of a tiny run on a shared machine mean nothing)."""
 
+import ast
 import importlib.util
 import json
 import math
@@ -8,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "bench.py"
@@ -93,3 +93,12 @@ def test_phases_smoke():
     for line in lines:
         for phase in ("gather", "forward", "forward+update", "loss", "backward", "update", "empty", "step"):
             assert f" {phase} " in line, (phase, line)
+
+
+def test_bench_modules_are_small_and_documented():
+    """bench/ stays split by what each part does: every module says what it is for, none grows
+    past 350 lines (the limit tests/test_architecture.py keeps for src/)."""
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        text = path.read_text()
+        assert ast.get_docstring(ast.parse(text)), f"{path.name}: no module docstring"
+        assert len(text.splitlines()) <= 350, f"{path.name}: split it"

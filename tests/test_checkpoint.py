@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from deltaprop.errors import CheckpointError
 import deltaprop.io.safetensors as ck
-from deltaprop.io.checkpoints import checkpoint_name, latest_valid, list_checkpoints, prune, save_checkpoint
+from deltaprop.errors import CheckpointError
+from deltaprop.io.checkpoints import (
+    checkpoint_name,
+    latest_valid,
+    list_checkpoints,
+    prune,
+    save_checkpoint,
+)
 from deltaprop.io.safetensors import FORMAT, read_safetensors, write_safetensors
 
 META = {"config": {"layers": [784, 128, 10], "lr": 0.1}, "epoch": 3, "step": 1234,

@@ -16,14 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from fixtures.cli import ROOT, assert_exit, cli, run_real, use_registry
+from fixtures.data import (
+    N_CLASSES,
+    N_FEATURES,
+    write_classification,
+    write_config,
+    write_regression,
+)
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import deltaprop
 from deltaprop.cli.main import app
 from deltaprop.plugins.manager import load_registry
-from fixtures.cli import ROOT, assert_exit, cli, run_real, use_registry
-from fixtures.data import N_CLASSES, N_FEATURES, write_classification, write_config, write_regression
 
 HIDDEN = 16
 N_TEST = 100
@@ -452,8 +458,8 @@ def test_rich_progress_bar_shows_loss_accuracy_and_throughput(data, tmp_path):
 
     from rich.console import Console
 
-    from deltaprop.cli.progress import RichReporter
     from deltaprop.api import read_config
+    from deltaprop.cli.progress import RichReporter
     from deltaprop.training.trainer import train_run
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, force_terminal=True, width=150))

@@ -12,7 +12,11 @@ import pytest
 
 from deltaprop.errors import DataError
 from deltaprop.io.datasets import Dataset, is_memory_mapped, load_dataset, prefetch_rows
-from deltaprop.training.targets import as_labels, as_targets, validate_labels_for_classification
+from deltaprop.training.targets import (
+    as_labels,
+    as_targets,
+    validate_labels_for_classification,
+)
 
 FASHION = Path(os.environ.get("DELTAPROP_FASHION_MNIST") or "/usr/share/datasets/fashion-mnist")
 

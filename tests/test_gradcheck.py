@@ -16,9 +16,9 @@ import types
 import numba
 import numpy as np
 import pytest
+import reference as ref
 
 import deltaprop
-import reference as ref
 from deltaprop.errors import PluginError
 from deltaprop.plugins import builtin
 from deltaprop.plugins.activation import Activation

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
 import reference as ref
-from deltaprop.plugins.manager import load_registry
+
 from deltaprop.compute.engine import OptimizerSpec
+from deltaprop.plugins.manager import load_registry
 
 _REGISTRY = load_registry()  # at import: parametrisation follows the installed plugins
 ACT_NAMES = sorted(_REGISTRY.activations)
@@ -354,8 +354,8 @@ def test_wide_net_matches_reference(registry, opt_name, n, batch):
     """Layers of several tiles, both backward splits (dW rows, delta columns) uneven, a partial
     last batch, 2 threads, both forward products (z^T = W a^T below network.SMALL_BATCH rows,
     z = a W^T from it on): the tiled kernels still match the oracle to 1e-10 in float64."""
-    from deltaprop.kernels.network import SMALL_BATCH
     from deltaprop.compute.engine import Engine
+    from deltaprop.kernels.network import SMALL_BATCH
     assert (batch < SMALL_BATCH) == (n % batch < SMALL_BATCH)  # every step takes the same path
     opt = OPTS[opt_name]
     rng = np.random.default_rng(11)

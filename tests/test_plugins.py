@@ -18,15 +18,15 @@ import tomllib
 
 import numpy as np
 import pytest
+from fixtures.cli import assert_exit, cli, run_real, use_registry
+from fixtures.data import write_classification, write_config
+from fixtures.fakedist import DIST, NAMES, VERSION, make_fake_dist, module_name
 from safetensors import safe_open
 
 import deltaprop
 from deltaprop.errors import PluginError
 from deltaprop.plugins import builtin, hookspecs
 from deltaprop.plugins.manager import load_registry, make_plugin_manager
-from fixtures.cli import assert_exit, cli, run_real, use_registry
-from fixtures.data import write_classification, write_config
-from fixtures.fakedist import DIST, NAMES, VERSION, make_fake_dist, module_name
 
 BUILTIN_NAMES = {"identity", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu", "softplus", "silu"}
 
@@ -430,8 +430,8 @@ def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
     """Editing a plugin's module constant, a tuple or array it reads, or the body of a jitted helper
     changes the compiled kernels' cache key, with the plugin's own functions and version unchanged;
     the same source gives the same key."""
-    from deltaprop.plugins.activation import Activation
     from deltaprop.compute.factory import _fingerprint, network_kernels
+    from deltaprop.plugins.activation import Activation
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the generated files go there
 
     def key(module):

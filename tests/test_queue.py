@@ -20,12 +20,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from fixtures.cli import DELTAPROP, assert_exit, cli
+from fixtures.data import write_classification, write_config
 
 from deltaprop.errors import ConfigError
 from deltaprop.jobs import sweep
 from deltaprop.jobs.queue import Queue, QueueError
-from fixtures.cli import DELTAPROP, assert_exit, cli
-from fixtures.data import write_classification, write_config
 
 TOML = "[training]\nepochs = 1\n"
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,8 @@ def test_sweep_through_a_real_ray_cluster(tmp_path, env, ray_head):
     for job in jobs:
         _assert_num_cpus(job["run_dir"], 1)
         cfg = (Path(job["run_dir"]) / "config.toml").read_text()
-        lr = [l for l in cfg.splitlines() if l.startswith("lr = ")][0].split(" = ")[1]
-        hidden = [l for l in cfg.splitlines() if l.startswith("hidden = ")][0].split(" = ")[1].replace(" ", "")
+        lr = tomllib.loads(cfg)["optimizer"]["lr"]
+        hidden = str(tomllib.loads(cfg)["model"]["hidden"]).replace(" ", "")
         expected = _direct(tmp_path, env, [f"optimizer.lr={lr}", f"model.hidden={hidden}"])
         assert _weights(Path(job["run_dir"]) / "model.safetensors") == expected, job["name"]
 

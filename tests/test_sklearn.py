@@ -14,16 +14,20 @@ import warnings
 
 import numpy as np
 import pytest
+from fixtures.cli import assert_exit, cli
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import _check_name, estimator_checks_generator, parametrize_with_checks
+from sklearn.utils.estimator_checks import (
+    _check_name,
+    estimator_checks_generator,
+    parametrize_with_checks,
+)
 
 from deltaprop.sklearn import MLPClassifier, MLPRegressor, expected_failed_checks, load
-from fixtures.cli import assert_exit, cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -328,5 +332,5 @@ def test_activations_dtype_and_bad_input(digits):
         MLPClassifier(max_iter=1).fit(bad, ytr)
     with pytest.raises(ValueError, match="NaN or Inf"):
         clf.predict(bad)
-    with pytest.raises(ValueError, match="solver must be"):
+    with pytest.raises(ValueError, match="MLPClassifier: solver = .lbfgs. is not one of sgd, adam, adamw"):
         MLPClassifier(solver="lbfgs").fit(Xtr, ytr)

@@ -3,8 +3,8 @@ a single bit of the result."""
 
 import numpy as np
 
-from deltaprop.plugins.manager import get_registry
 from deltaprop.compute.engine import Engine, OptimizerSpec
+from deltaprop.plugins.manager import get_registry
 from deltaprop.training.threads import ThreadTuner
 
 

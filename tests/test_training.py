@@ -78,17 +78,19 @@ def test_early_stopping_restores_best_weights(tmp_path, classes):
     assert run.metrics[-1]["val_loss"] > best  # stopped after it got worse...
     d = np.load(classes)
     model = deltaprop.load_model(run.run_dir)
-    from deltaprop.training.prepare import prepare  # ...and the saved model is the best one
-    from deltaprop.plugins.manager import get_registry
     from deltaprop.api import read_config
+    from deltaprop.plugins.manager import get_registry
+    from deltaprop.training.prepare import (
+        prepare,  # ...and the saved model is the best one
+    )
     prep = prepare(read_config(cfg), get_registry())
     assert model.evaluate(prep.val.X, prep.val.y)["loss"] == pytest.approx(best, rel=1e-5)
     assert d["X"].shape[0] == 600
 
 
 def test_validation_split_is_deterministic(tmp_path, classes):
-    from deltaprop.plugins.manager import get_registry
     from deltaprop.api import read_config
+    from deltaprop.plugins.manager import get_registry
     from deltaprop.training.prepare import prepare
     cfg = read_config(_config(classes, data={"validation_fraction": 0.2}))
     a, b = prepare(cfg, get_registry()), prepare(cfg, get_registry())

@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.cli import NUMBA_CACHE_DIR, assert_exit, cli
 
 from deltaprop.api import read_config
 from deltaprop.io.checkpoints import list_checkpoints
 from deltaprop.io.safetensors import read_safetensors
 from deltaprop.jobs.queue import Queue
-from fixtures.cli import NUMBA_CACHE_DIR, assert_exit, cli
 
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))
 CORES = len(os.sched_getaffinity(0))

@@ -53,5 +53,5 @@ def train(config, run_dir=None, **overrides) -> RunResult:
 
 
 def _toml(v) -> str:
-    from .training.config import _toml_value
-    return _toml_value(v)
+    from .training.config import toml_value
+    return toml_value(v)

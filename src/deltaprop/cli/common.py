@@ -14,7 +14,9 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
 
 
 def _error(text: str) -> None:
-    from rich.markup import escape  # messages hold [section] names and lists: not markup
+    from rich.markup import (
+        escape,  # messages hold [section] names and lists: not markup
+    )
     err_console.print(f"[bold red]error:[/] {escape(text)}", markup=True) if sys.stderr.isatty() \
         else print(f"error: {text}", file=sys.stderr)
 

@@ -3,7 +3,7 @@
 An `Engine` is one network shape (layer sizes, activation per layer, loss, dtype) bound to the
 kernels compiled for its activations. It owns the preallocated per-step buffers; the trainer,
 evaluation and the tests drive it. Parameters live in one flat vector (see kernels/network.py);
-`layer_views` gives (W, b) views into it without copies.
+`layer_views` gives (W, b) views into it without copies (compute/layout.py).
 """
 
 from dataclasses import dataclass
@@ -12,10 +12,13 @@ import numba
 import numpy as np
 
 from .._system import cores
+from ..kernels.network import CROSS_ENTROPY, MSE
+from ..kernels.optim import ADAM, ADAMW, N_HYPER, SGD
 from ..plugins.manager import Registry
+from . import layout
 
-LOSSES = {"cross_entropy": 0, "mse": 1}
-OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
+LOSSES = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}  # names (training.loss) -> kernel codes
+OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,11 @@ class OptimizerSpec:
     eps: float = 1e-8
 
     def hyper(self) -> np.ndarray:
-        return np.array([self.momentum, self.dampening, float(self.nesterov), self.weight_decay,
-                         self.betas[0], self.betas[1], self.eps], dtype=np.float64)
+        """(N_HYPER,) in the order kernels/optim.py reads them."""
+        h = np.array([self.momentum, self.dampening, float(self.nesterov), self.weight_decay,
+                      self.betas[0], self.betas[1], self.eps], dtype=np.float64)
+        assert h.shape == (N_HYPER,)
+        return h
 
 
 class Engine:
@@ -56,31 +62,16 @@ class Engine:
         self.kernels = network_kernels(acts)
         self.threads = max(1, min(threads or cores(), numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(self.threads)
-        woff, boff, o = [], [], 0
-        for l in range(self.L):
-            woff.append(o)
-            o += int(self.sizes[l] * self.sizes[l + 1])
-            boff.append(o)
-            o += int(self.sizes[l + 1])
-        self.woff, self.boff, self.n_params = np.array(woff), np.array(boff), o
+        self.woff, self.boff, self.n_params = layout.offsets(self.sizes)
         self._cap = 0
 
     # ---- parameters ------------------------------------------------------------------------
     def layer_views(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(W (out, in), b (out,))] views into the flat vector."""
-        out = []
-        for l in range(self.L):
-            n_in, n_out = int(self.sizes[l]), int(self.sizes[l + 1])
-            w0, b0 = int(self.woff[l]), int(self.boff[l])
-            out.append((theta[w0:w0 + n_out * n_in].reshape(n_out, n_in), theta[b0:b0 + n_out]))
-        return out
+        return layout.layer_views(theta, self.sizes)
 
     def flatten(self, layers) -> np.ndarray:
-        theta = np.empty(self.n_params, dtype=self.dtype)
-        for (W, b), (w, bb) in zip(self.layer_views(theta), layers):
-            W[...] = w
-            b[...] = bb
-        return theta
+        return layout.flatten(layers, self.dtype)
 
     # ---- buffers ---------------------------------------------------------------------------
     def _buffers(self, cap: int):

@@ -141,9 +141,9 @@ def _act_source(acts: tuple[Activation, ...]) -> str:
 def network_kernels(acts: tuple[Activation, ...]) -> ModuleType:
     """The compiled-on-first-use network module (run_steps, predict, ...) for these activations;
     activation id i in `act` arrays means acts[i]."""
-    from .. import __version__
     import numba
 
+    from .. import __version__
     from ..kernels import network
     template = Path(network.__file__).read_text()
     source = template + _act_source(acts)

@@ -11,19 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._values import is_int
 from ..errors import CheckpointError
 from .safetensors import read_safetensors, write_safetensors
 
 _NAME_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def checkpoint_name(step: int) -> str:
     """File name of the checkpoint for `step`: `step-0000000042.safetensors`."""
-    if not _is_int(step) or step < 0:
+    if not is_int(step) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     return f"step-{step:010d}.safetensors"
 
@@ -39,7 +36,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def prune(directory: Path, keep: int) -> None:
     """Delete all but the newest `keep` (>= 1) checkpoints in `directory`."""
-    if not _is_int(keep) or keep < 1:
+    if not is_int(keep) or keep < 1:
         raise ValueError(f"keep must be an int >= 1, got {keep!r}")
     for p in list_checkpoints(directory)[:-keep]:
         p.unlink(missing_ok=True)

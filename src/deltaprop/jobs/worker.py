@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .._system import cores
 from ..io.rundir import RunDir
@@ -48,7 +48,6 @@ class Running:
     cancelled: bool = False
     lost: bool = False
     draining: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class LocalExecutor:
@@ -198,7 +197,13 @@ class Worker:
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the worker dies (Linux), so no orphan keeps training."""
+    """In the child, before exec: get SIGKILL when the worker dies (Linux), so no orphan keeps
+    training; and start with no signal blocked or ignored (a blocked mask and ignored signals are
+    inherited across exec: a job started from a Ray task thread could otherwise never see the
+    SIGTERM that asks it to checkpoint)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -52,10 +52,6 @@ def set_blas_threads(n: int) -> None:
     _lib.scipy_openblas_set_num_threads64_(int(n))
 
 
-def get_blas_threads() -> int:
-    return _lib.scipy_openblas_get_num_threads64_()
-
-
 set_blas_threads(1)
 
 _i32, _i64, _ptr = types.int32, types.int64, types.intp

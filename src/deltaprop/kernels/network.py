@@ -26,7 +26,7 @@ from numba import prange
 from deltaprop.kernels._config import JIT, PJIT
 from deltaprop.kernels.blas import gemm
 from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
-from deltaprop.kernels.optim import apply, chunk, coefficients, update_range
+from deltaprop.kernels.optim import N_HYPER, apply, chunk, coefficients, update_range
 
 CROSS_ENTROPY, MSE = 0, 1
 TILE = 64  # GEMM work is split into tiles of 64 output columns (or dW rows), 128 for small batches
@@ -266,7 +266,7 @@ def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, l
         nb = min(cap, n - p0)
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f)
         forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, zero, zero, Z, A, scratch,
-                no, zero, theta, no_state, no_coef, np.zeros(7), zero)
+                no, zero, theta, no_state, no_coef, np.zeros(N_HYPER), zero)
         for i in range(nb):
             r = hoff[L - 1] + i * k
             if loss_kind == CROSS_ENTROPY:

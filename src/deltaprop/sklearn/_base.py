@@ -1,6 +1,7 @@
 """The estimators' shared machinery: parameters to a deltaprop Config, fitting through the
 trainer (no run directory), prediction, sklearn-style weights, pickling."""
 
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -12,9 +13,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..errors import DeltapropError
+from ..errors import ConfigError, DeltapropError
 from ..training.threads import SharedThreadTuner
 
+# config key -> the parameter that becomes it: config errors are reported under the parameter's name
+PARAMETER_OF = {"optimizer.name": "solver", "optimizer.lr": "learning_rate_init", "training.epochs": "max_iter",
+                "training.shuffle": "shuffle", "training.dtype": "dtype", "training.threads": "threads",
+                "optimizer.eps": "epsilon", "optimizer.momentum": "momentum", "early_stopping.min_delta": "tol",
+                "optimizer.betas": "beta_1, beta_2", "data.validation_fraction": "validation_fraction",
+                "model.activation": "activation", "model.hidden": "hidden_layer_sizes"}
+_KEY_RE = re.compile("|".join(re.escape(k) for k in sorted(PARAMETER_OF, key=len, reverse=True)))
 ALIASES = {"logistic": "sigmoid"}  # sklearn's activation names that deltaprop spells differently
 # threads=0: the thread count of each fit, chosen across the fits of this process (see SharedThreadTuner)
 _FIT_THREADS = SharedThreadTuner()
@@ -96,39 +104,30 @@ class _BaseMLP(BaseEstimator):
         return a
 
     def _check_params(self) -> None:
+        """Every parameter checked before fitting. Those that become one config key are checked
+        by that key's own rule (training/config.py), reported under the parameter's name; here
+        only the rules scikit-learn has and the config does not."""
         def need(ok, text):
             if not ok:
                 raise ValueError(f"{type(self).__name__}: {text}")
         num = (int, float, np.integer, np.floating)
-        need(self.solver in ("sgd", "adam", "adamw"),
-             f"solver must be 'sgd', 'adam' or 'adamw', got {self.solver!r} (deltaprop has no lbfgs)")
         need(isinstance(self.alpha, num) and self.alpha >= 0, f"alpha must be >= 0, got {self.alpha!r}")
         need(self.batch_size == "auto" or (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1),
              f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
-        need(isinstance(self.learning_rate_init, num) and self.learning_rate_init > 0,
-             f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
-        need(isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1,
-             f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        need(isinstance(self.tol, num) and self.tol >= 0, f"tol must be >= 0, got {self.tol!r}")
         need(isinstance(self.n_iter_no_change, (int, np.integer)) and self.n_iter_no_change >= 1,
              f"n_iter_no_change must be an integer >= 1, got {self.n_iter_no_change!r}")
         need(isinstance(self.momentum, num) and 0 <= self.momentum <= 1,
              f"momentum must be in [0, 1], got {self.momentum!r}")
         need(isinstance(self.validation_fraction, num) and 0 < self.validation_fraction < 1,
              f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        for name in ("beta_1", "beta_2"):
-            v = getattr(self, name)
-            need(isinstance(v, num) and 0 <= v < 1, f"{name} must be in [0, 1), got {v!r}")
-        need(isinstance(self.epsilon, num) and self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon!r}")
-        need(self.dtype in ("float32", "float64", np.float32, np.float64),
-             f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        need(isinstance(self.threads, (int, np.integer)) and self.threads >= 0,
-             f"threads must be an integer >= 0 (0: all cores), got {self.threads!r}")
+        self._config(2**31, self.max_iter, 0, bool(self.early_stopping), self.threads)
 
     def _np_dtype(self):
         return np.dtype(self.dtype)
 
-    def _config(self, n_train: int, epochs: int, seed: int, early_stopping: bool, threads: int):
+    def _config(self, n_train: int, epochs, seed: int, early_stopping: bool, threads):
+        """The deltaprop Config these parameters mean (values pass through unconverted, so the
+        config's type checks see them as given)."""
         from ..training.config import config_from_dict
         hidden = self._hidden()
         batch = 200 if self.batch_size == "auto" else int(self.batch_size)
@@ -136,25 +135,29 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         batch = min(batch, n_train)
         monitor = ("val_accuracy" if self._loss == "cross_entropy" else "val_r2") if early_stopping else "train_loss"
+        dtype = np.dtype(self.dtype).name if self.dtype in (np.float32, np.float64) else _plain(self.dtype)
         raw = {
             "model": {"hidden": hidden, "activation": self._activations(len(hidden))},
             "data": {"train": "", "test": "", "scale": "none",
-                     "validation_fraction": float(self.validation_fraction) if early_stopping else 0.0},
-            "training": {"epochs": int(epochs), "batch_size": batch, "loss": self._loss,
-                         "shuffle": bool(self.shuffle), "seed": int(seed), "dtype": self._np_dtype().name,
-                         "threads": threads},
-            "optimizer": {"name": self.solver, "lr": float(self.learning_rate_init),
+                     "validation_fraction": _plain(self.validation_fraction) if early_stopping else 0.0},
+            "training": {"epochs": _plain(epochs), "batch_size": batch, "loss": self._loss,
+                         "shuffle": _plain(self.shuffle), "seed": int(seed), "dtype": dtype,
+                         "threads": _plain(threads)},
+            "optimizer": {"name": _plain(self.solver), "lr": _plain(self.learning_rate_init),
                           "weight_decay": float(self.alpha) / batch,
-                          "betas": [float(self.beta_1), float(self.beta_2)], "eps": float(self.epsilon)},
-            "early_stopping": {"patience": int(self.n_iter_no_change) + 1 if epochs > 1 else 0,
-                               "monitor": monitor, "min_delta": float(self.tol),
+                          "betas": [_plain(self.beta_1), _plain(self.beta_2)], "eps": _plain(self.epsilon)},
+            "early_stopping": {"patience": int(self.n_iter_no_change) + 1 if epochs != 1 else 0,
+                               "monitor": monitor, "min_delta": _plain(self.tol),
                                "restore_best": bool(early_stopping), "best": "running"},
             "checkpoint": {"every_epochs": 0, "every_steps": 0},
         }
         if self.solver == "sgd":
-            raw["optimizer"] |= {"momentum": float(self.momentum),
+            raw["optimizer"] |= {"momentum": _plain(self.momentum),
                                  "nesterov": bool(self.nesterovs_momentum) and self.momentum > 0}
-        return config_from_dict(raw, type(self).__name__)
+        try:
+            return config_from_dict(raw, type(self).__name__)
+        except ConfigError as exc:
+            raise ValueError(_KEY_RE.sub(lambda m: PARAMETER_OF[m.group(0)], str(exc))) from None
 
     def _new_seed(self) -> int:
         if isinstance(self.random_state, (int, np.integer)) and not isinstance(self.random_state, bool):
@@ -294,3 +297,8 @@ class _BaseMLP(BaseEstimator):
         return load_as(cls, path)
 
     def _loaded(self, info: dict) -> None: ...
+
+
+def _plain(v):
+    """A NumPy scalar as the Python value it holds (the config takes Python types)."""
+    return v.item() if isinstance(v, np.generic) else v

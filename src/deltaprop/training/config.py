@@ -1,18 +1,28 @@
 """The run configuration: one frozen dataclass per TOML section, every key validated.
 
-`load_config(path, overrides)` reads TOML, applies `--set section.key=value` overrides, and
-returns a `Config`. Unknown keys, wrong types and out-of-range values raise `ConfigError` naming
-the key (and the closest valid key for a misspelling). `Config.to_toml()` writes the resolved
-config into the run directory; `config_from_dict` reads it back.
+Each field carries its own type (the annotation) and its range or choices (`option`, see
+training/options.py), so what a key accepts is written once, next to the key. `load_config(path,
+overrides)` reads TOML, applies `--set section.key=value` overrides, and returns a `Config`.
+Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key (and the
+closest valid key for a misspelling). `Config.to_toml()` writes the resolved config into the run
+directory; `config_from_dict` reads it back.
 """
 
-import difflib
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
+
+import tomli_w
 
 from ..errors import ConfigError
+from .options import build_section, option, rule_of, suggest
+
+# early_stopping.monitor values that exist for one loss only
+MONITOR_LOSS = {"val_accuracy": "cross_entropy", "train_accuracy": "cross_entropy", "val_r2": "mse"}
+# optimizer.weight_decay when not given: a sentinel, since TOML has no null and config.toml must
+# round-trip; any other negative value is an error
+WEIGHT_DECAY_UNSET = -1.0
 
 
 @dataclass(frozen=True)
@@ -41,39 +51,34 @@ class ModelConfig:
 class DataConfig:
     train: str = "fashion-mnist:train"
     test: str = "fashion-mnist:test"  # "" for none
-    validation_fraction: float = 0.0
-    scale: str = "auto"  # auto | none | unit | standardize
+    validation_fraction: float = option(0.0, ge=0.0, lt=1.0)
+    scale: str = option("auto", choices=("auto", "none", "unit", "standardize"))
     label_column: str = "label"  # for .csv
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    loss: str = "cross_entropy"  # or mse
+    epochs: int = option(10, ge=1)
+    batch_size: int = option(128, ge=1)
+    loss: str = option("cross_entropy", choices=("cross_entropy", "mse"))
     shuffle: bool = True
-    shuffle_block: int = 0  # >0: shuffle blocks of this many rows, then rows within each block
-    seed: int = 0
-    dtype: str = "float32"
-    threads: int = 0  # 0: all cores this process may use
-    clip_grad_norm: float = 0.0  # 0: off
-
-
-# optimizer.weight_decay when not given: a sentinel, since TOML has no null and config.toml must
-# round-trip; any other negative value is an error
-WEIGHT_DECAY_UNSET = -1.0
+    shuffle_block: int = option(0, ge=0)  # >0: shuffle blocks of this many rows, then rows within each block
+    seed: int = option(0, ge=0, le=2**63 - 1)  # numpy's generators and the int64 dropout hash
+    dtype: str = option("float32", choices=("float32", "float64"))
+    threads: int = option(0, ge=0)  # 0: all cores this process may use
+    clip_grad_norm: float = option(0.0, ge=0.0)  # 0: off
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "adam"  # sgd | adam | adamw
-    lr: float = 0.001
-    momentum: float = 0.0
-    dampening: float = 0.0
+    name: str = option("adam", choices=("sgd", "adam", "adamw"))
+    lr: float = option(0.001, gt=0.0)
+    momentum: float = option(0.0, ge=0.0)
+    dampening: float = option(0.0, ge=0.0, le=1.0)
     nesterov: bool = False
     weight_decay: float = WEIGHT_DECAY_UNSET  # torch's default (0 for sgd/adam, 0.01 for adamw)
     betas: tuple[float, ...] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float = option(1e-8, gt=0.0)
 
     def resolved_weight_decay(self) -> float:
         if self.weight_decay >= 0:
@@ -83,30 +88,30 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "constant"  # constant | step | exponential | cosine
-    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (may be fractional)
-    step_epochs: int = 10  # step: multiply by gamma every step_epochs
-    gamma: float = 0.1  # step / exponential (per epoch) factor
-    min_lr: float = 0.0  # cosine floor
+    name: str = option("constant", choices=("constant", "step", "exponential", "cosine"))
+    warmup_epochs: float = option(0.0, ge=0.0)  # linear warm-up from 0 over this many epochs (may be fractional)
+    step_epochs: int = option(10, ge=1)  # step: multiply by gamma every step_epochs
+    gamma: float = option(0.1, gt=0.0)  # step / exponential (per epoch) factor
+    min_lr: float = option(0.0, ge=0.0)  # cosine floor
 
 
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
-    patience: int = 0  # epochs without improvement before stopping; 0: off
-    monitor: str = "val_loss"  # val_loss | val_accuracy | val_r2 | train_loss | train_accuracy
-    min_delta: float = 0.0
+    patience: int = option(0, ge=0)  # epochs without improvement before stopping; 0: off
+    monitor: str = option("val_loss", choices=("val_loss", "val_accuracy", "val_r2", "train_loss", "train_accuracy"))
+    min_delta: float = option(0.0, ge=0.0)
     restore_best: bool = True
     # improved: the best value moves only on an improvement > min_delta (Keras);
     # running: the best is the running best, and an epoch less than min_delta better than it still
     # counts as no improvement (scikit-learn's tol / n_iter_no_change rule)
-    best: str = "improved"
+    best: str = option("improved", choices=("improved", "running"))
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every_epochs: int = 1  # 0: off
-    every_steps: int = 0  # 0: off
-    keep: int = 3
+    every_epochs: int = option(1, ge=0)  # 0: off
+    every_steps: int = option(0, ge=0)  # 0: off
+    keep: int = option(3, ge=1)
 
 
 @dataclass(frozen=True)
@@ -124,119 +129,15 @@ class Config:
                          for k, v in asdict(getattr(self, f.name)).items()} for f in fields(self)}
 
     def to_toml(self) -> str:
-        lines = []
-        for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-            lines.append("")
-        return "\n".join(lines)
+        return tomli_w.dumps(self.to_dict())
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}
 
-CHOICES = {
-    ("data", "scale"): ("auto", "none", "unit", "standardize"),
-    ("training", "loss"): ("cross_entropy", "mse"),
-    ("training", "dtype"): ("float32", "float64"),
-    ("optimizer", "name"): ("sgd", "adam", "adamw"),
-    ("schedule", "name"): ("constant", "step", "exponential", "cosine"),
-    ("early_stopping", "monitor"): ("val_loss", "val_accuracy", "val_r2", "train_loss", "train_accuracy"),
-    ("early_stopping", "best"): ("improved", "running"),
-}
-# early_stopping.monitor values that exist for one loss only
-MONITOR_LOSS = {"val_accuracy": "cross_entropy", "train_accuracy": "cross_entropy", "val_r2": "mse"}
-# (minimum, maximum, min inclusive, max inclusive)
-RANGES = {
-    ("data", "validation_fraction"): (0.0, 1.0, True, False),
-    ("training", "epochs"): (1, None, True, True),
-    ("training", "batch_size"): (1, None, True, True),
-    ("training", "threads"): (0, None, True, True),
-    ("training", "shuffle_block"): (0, None, True, True),
-    ("training", "seed"): (0, 2**63 - 1, True, True),  # numpy's generators and the int64 dropout hash
-    ("training", "clip_grad_norm"): (0.0, None, True, True),
-    ("optimizer", "lr"): (0.0, None, False, True),
-    ("optimizer", "momentum"): (0.0, None, True, True),
-    ("optimizer", "dampening"): (0.0, 1.0, True, True),
-    ("optimizer", "eps"): (0.0, None, False, True),
-    ("schedule", "warmup_epochs"): (0.0, None, True, True),
-    ("schedule", "step_epochs"): (1, None, True, True),
-    ("schedule", "gamma"): (0.0, None, False, True),
-    ("schedule", "min_lr"): (0.0, None, True, True),
-    ("early_stopping", "patience"): (0, None, True, True),
-    ("early_stopping", "min_delta"): (0.0, None, True, True),
-    ("checkpoint", "every_epochs"): (0, None, True, True),
-    ("checkpoint", "every_steps"): (0, None, True, True),
-    ("checkpoint", "keep"): (1, None, True, True),
-}
 
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-
-
-def _suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _coerce(where: str, value: Any, tp) -> Any:
-    """Check `value` against the annotation `tp` (int, float, str, bool, tuples, unions)."""
-    if get_origin(tp) is not None and type(None) not in get_args(tp) and get_origin(tp) is not tuple:
-        errors = []
-        for alt in get_args(tp):  # a union such as str | tuple[str, ...]
-            try:
-                return _coerce(where, value, alt)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where} must be " + " or ".join(
-            _type_name(a) if get_origin(a) is None else f"a list of {_type_name(get_args(a)[0])}s"
-            for a in get_args(tp)) + f", got {value!r}")
-    if get_origin(tp) is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return tuple(_coerce(f"{where}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    raise TypeError(tp)
-
-
-def _check_value(source: str, section: str, key: str, value: Any) -> None:
-    where = f"{source}: {section}.{key}"
-    choices = CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}{_suggest(str(value), choices)}")
-    bounds = RANGES.get((section, key))
-    if bounds:
-        lo, hi, lo_inc, hi_inc = bounds
-        if (lo is not None and (value < lo or (value == lo and not lo_inc))) or \
-           (hi is not None and (value > hi or (value == hi and not hi_inc))):
-            lo_s = "" if lo is None else f"{'>=' if lo_inc else '>'} {lo}"
-            hi_s = "" if hi is None else f"{'<=' if hi_inc else '<'} {hi}"
-            raise ConfigError(f"{where} = {value!r} is out of range: must be {' and '.join(s for s in (lo_s, hi_s) if s)}")
+def toml_value(v) -> str:
+    """One value as TOML (for --set style overrides)."""
+    return tomli_w.dumps({"v": list(v) if isinstance(v, tuple) else v}).split("=", 1)[1].strip()
 
 
 def config_from_dict(raw: dict, source: str = "config") -> Config:
@@ -246,26 +147,18 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
     sections = {}
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{section}]{_suggest(section, SECTIONS)}; "
+            raise ConfigError(f"{source}: unknown section [{section}]{suggest(section, SECTIONS)}; "
                               f"valid sections: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: {section} must be a table ([{section}])")
-        cls = SECTIONS[section]
-        types = {f.name: f.type for f in fields(cls)}
-        kwargs = {}
-        for key, value in values.items():
-            if key not in types:
-                raise ConfigError(f"{source}: unknown key {section}.{key}{_suggest(key, types)}; "
-                                  f"valid keys in [{section}]: {', '.join(types)}")
-            kwargs[key] = _coerce(f"{source}: {section}.{key}", value, types[key])
-            _check_value(source, section, key, kwargs[key])
-        sections[section] = cls(**kwargs)
+        sections[section] = build_section(SECTIONS[section], values, source, section)
     config = Config(**sections)
     _check_whole(config, source)
     return config
 
 
 def _check_whole(c: Config, source: str) -> None:
+    """Rules about list items and about several keys together."""
     for i, h in enumerate(c.model.hidden):
         if h < 1:
             raise ConfigError(f"{source}: model.hidden[{i}] = {h} must be >= 1")
@@ -286,7 +179,7 @@ def _check_whole(c: Config, source: str) -> None:
                           "(leave it out for the optimizer's default)")
     monitor, loss = c.early_stopping.monitor, c.training.loss
     if MONITOR_LOSS.get(monitor, loss) != loss:
-        valid = [m for m in CHOICES[("early_stopping", "monitor")] if MONITOR_LOSS.get(m, loss) == loss]
+        valid = [m for m in rule_of(EarlyStoppingConfig, "monitor").choices if MONITOR_LOSS.get(m, loss) == loss]
         raise ConfigError(f"{source}: early_stopping.monitor = {monitor!r} needs training.loss = "
                           f"{MONITOR_LOSS[monitor]!r}; with {loss} use one of {', '.join(valid)}")
     if c.early_stopping.patience and c.early_stopping.monitor.startswith("val_") and c.data.validation_fraction == 0:

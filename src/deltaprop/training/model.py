@@ -11,12 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._values import is_int
+from ..compute import layout
 from ..errors import CheckpointError, DataError
 from ..io.rundir import RunDir
 from ..io.safetensors import read_safetensors, write_safetensors
+from .config import TrainingConfig
+from .options import rule_of
 
-LOSSES = ("cross_entropy", "mse")
-DTYPES = ("float32", "float64")
+LOSSES = rule_of(TrainingConfig, "loss").choices
+DTYPES = rule_of(TrainingConfig, "dtype").choices
 
 
 @dataclass
@@ -36,8 +40,8 @@ class Model:
     # ---- computing -----------------------------------------------------------------------
     def engine(self, threads: int = 0):
         if self._engine is None:
-            from ..plugins.manager import get_registry
             from ..compute.engine import Engine
+            from ..plugins.manager import get_registry
             registry = get_registry()
             for name, info in self.plugins.items():
                 if name not in registry.activations:
@@ -89,13 +93,10 @@ class Model:
 
     # ---- layers and files ------------------------------------------------------------------
     def layer_tensors(self) -> dict[str, np.ndarray]:
-        tensors, o = {}, 0
-        for i in range(len(self.sizes) - 1):
-            n_in, n_out = self.sizes[i], self.sizes[i + 1]
-            tensors[f"layers.{i}.weight"] = self.theta[o:o + n_out * n_in].reshape(n_out, n_in)
-            o += n_out * n_in
-            tensors[f"layers.{i}.bias"] = self.theta[o:o + n_out]
-            o += n_out
+        """`layers.{i}.weight` (out, in) and `layers.{i}.bias`: views of theta."""
+        tensors = {}
+        for i, (W, b) in enumerate(layout.layer_views(self.theta, self.sizes)):
+            tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = W, b
         return tensors
 
     def metadata(self) -> dict:
@@ -120,7 +121,7 @@ class Model:
             return CheckpointError(f"{source}: not a usable deltaprop model: {what}")
 
         sizes, acts, loss, dtype = (meta.get(k) for k in ("sizes", "activations", "loss", "dtype"))
-        if not (isinstance(sizes, list) and len(sizes) >= 2 and all(_is_int(s) and s >= 1 for s in sizes)):
+        if not (isinstance(sizes, list) and len(sizes) >= 2 and all(is_int(s) and s >= 1 for s in sizes)):
             raise bad(f"metadata 'sizes' must list two or more layer sizes >= 1, got {sizes!r}")
         if not (isinstance(acts, list) and all(isinstance(a, str) for a in acts)):
             raise bad(f"metadata 'activations' must be a list of names, got {acts!r}")
@@ -141,8 +142,8 @@ class Model:
                                       f"metadata says ({sizes[i + 1]}, {sizes[i]})")
             if W.dtype.kind != "f" or b.dtype.kind != "f":
                 raise bad(f"layers.{i} has dtype {W.dtype}/{b.dtype}, not floating point")
-            layers += [W.ravel(), b]
-        theta = np.concatenate(layers).astype(dtype)
+            layers.append((W, b))
+        theta = layout.flatten(layers, dtype)
         if not np.isfinite(theta).all():
             raise bad(f"{int((~np.isfinite(theta)).sum())} weight(s) are NaN or Inf")
         pre = meta.get("preprocess")
@@ -166,10 +167,6 @@ class Model:
             raise bad("metadata 'config' must be a table of sections")
         return cls(list(sizes), list(acts), loss, dtype, theta, stats["mean"], stats["inv_std"],
                    pre["scale"], dict(plugins), dict(config))
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _r2(err: np.ndarray, t: np.ndarray) -> float:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compute import layout
 from ..errors import ConfigError, DataError
-from .config import Config
 from ..io.datasets import dataset_from_arrays, load_dataset
+from .config import Config
 from .model import Model
 from .targets import as_labels, as_targets, class_labels
 
@@ -92,7 +93,7 @@ def _scaling(mode: str, X: np.ndarray, rows: np.ndarray, dtype) -> tuple[str, np
 def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
     """He-normal or Xavier-uniform weights per layer (by `inits`), zero biases."""
     rng = np.random.default_rng([seed, 0x1A17])
-    parts = []
+    layers = []
     for i in range(len(sizes) - 1):
         n_in, n_out = sizes[i], sizes[i + 1]
         if inits[i] == "he":
@@ -100,8 +101,8 @@ def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
         else:
             a = np.sqrt(6.0 / (n_in + n_out))
             W = rng.uniform(-a, a, size=(n_out, n_in))
-        parts += [W.ravel(), np.zeros(n_out)]
-    return np.concatenate(parts).astype(dtype)
+        layers.append((W, np.zeros(n_out)))
+    return layout.flatten(layers, dtype)
 
 
 def _load_split(spec: str, config: Config, n_out: int, n_in: int) -> Split:

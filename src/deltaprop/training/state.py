@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._values import is_int, is_number
 from ..errors import CheckpointError
 
 
@@ -36,14 +37,6 @@ class State:
     finished: bool = False
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: int) -> State:
     """The checkpoint's `state` as a State, if it is one this run can continue from."""
     steps_per_epoch = math.ceil(n_train / batch)
@@ -59,11 +52,11 @@ def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: 
         raise bad("; ".join(([f"missing {', '.join(missing)}"] if missing else [])
                             + ([f"unknown {', '.join(extra)}"] if extra else [])))
     for k in ("epoch", "pos", "step", "correct", "seen", "best_epoch", "bad_epochs"):
-        if not _is_int(raw[k]) or raw[k] < 0:
+        if not is_int(raw[k]) or raw[k] < 0:
             raise bad(f"{k} must be an integer >= 0, got {raw[k]!r}")
     for k in ("loss_sum", "train_seconds", "best"):
         v = raw[k]
-        if not (k == "best" and v is None) and not (_is_number(v) and math.isfinite(v)):
+        if not (k == "best" and v is None) and not (is_number(v) and math.isfinite(v)):
             raise bad(f"{k} must be a finite number, got {v!r}")
     if not isinstance(raw["finished"], bool):
         raise bad(f"finished must be true or false, got {raw['finished']!r}")

@@ -1,0 +1,259 @@
+"""The benchmark's worker side: one system trained for timed epochs in this process.
+
+A runner factory per system (deltaprop's `Engine.run_steps`, PyTorch, a hand-written NumPy loop,
+scikit-learn's `MLPClassifier.partial_fit`) imports its library, sets its threads and returns
+`run(X, y, sizes, batch, epochs) -> (seconds per epoch, last loss per epoch)` plus an `info` dict.
+`worker(args)` is what `bench.py --worker SYSTEM ...` runs in a child process: it builds the data,
+runs a warm-up epoch and the timed epochs for every hidden spec x batch size, and returns the dict
+the parent reads as JSON from the child's stdout; `--worker gemm` measures NumPy's float32 GEMM
+peak instead. Libraries are imported inside the factories so that only the system being measured
+is loaded (and sets threads) in its process.
+
+    import runners                       # with bench/ on sys.path, as bench.py has it
+    out = runners.worker(args)           # args: bench.parse_args(["--worker", "numpy", ...])
+"""
+
+import time
+
+from spec import LR, N_IN, N_OUT, SEED, parse_hidden, parse_ints
+
+
+def make_data(samples: int, seed: int = SEED):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    X = rng.random((samples, N_IN), dtype=np.float32)
+    y = rng.integers(0, N_OUT, samples, dtype=np.int64)
+    return X, y
+
+
+def epoch_perm(samples: int, epoch: int, seed: int = SEED):
+    """The shuffled order of epoch `epoch` (0 = warm-up); identical for every system."""
+    import numpy as np
+    return np.random.default_rng([seed, epoch]).permutation(samples).astype(np.int64)
+
+
+def init_layers(sizes, seed: int = SEED):
+    """torch.nn.Linear's default init (U(+-1/sqrt(fan_in))), float32, for deltaprop and NumPy."""
+    import numpy as np
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        a = 1.0 / np.sqrt(n_in)
+        out.append((rng.uniform(-a, a, (n_out, n_in)).astype(np.float32),
+                    rng.uniform(-a, a, n_out).astype(np.float32)))
+    return out
+
+
+def numpy_blas_threads():
+    """Threads of the OpenBLAS NumPy uses in this process (None if it cannot be asked)."""
+    try:
+        from threadpoolctl import threadpool_info
+        for p in threadpool_info():
+            if p.get("internal_api") == "openblas" and "numpy" in p.get("filepath", ""):
+                return p.get("num_threads")
+    except Exception:
+        pass
+    return None
+
+
+def _deltaprop_runner(threads: int):
+    import numpy as np
+
+    from deltaprop.plugins.manager import load_registry
+    from deltaprop.compute.engine import Engine, OptimizerSpec
+
+    registry = load_registry(entry_points=False)
+    opt = OptimizerSpec("sgd")
+    info = {"threads": None, "dtype": "float32"}
+
+    def run(X, y, sizes, batch, epochs):
+        acts = ["relu"] * (len(sizes) - 2) + ["identity"]
+        engine = Engine(list(sizes), acts, "cross_entropy", "float32", registry, threads)
+        info["threads"] = engine.threads
+        theta = engine.flatten(init_layers(sizes))
+        grad = np.zeros_like(theta)
+        state = np.zeros((2, theta.size), theta.dtype)
+        mean = np.zeros(X.shape[1], np.float32)
+        inv_std = np.ones(X.shape[1], np.float32)
+        n = len(X)
+        steps = -(-n // batch)
+        lrs = np.full(steps, LR)
+        times, losses, step = [], [], 0
+        for e in range(epochs):
+            perm = epoch_perm(n, e)
+            t0 = time.perf_counter()
+            done, step_loss, _ = engine.run_steps(X, mean, inv_std, y, perm, 0, steps, batch, theta, grad,
+                                                  opt, state, lrs, step)
+            times.append(time.perf_counter() - t0)
+            if done != steps:
+                raise RuntimeError(f"deltaprop diverged at step {done} of {steps}")
+            step += steps
+            losses.append(float(step_loss[-1]))
+        return times, losses
+
+    return run, info
+
+
+def _pytorch_runner(threads: int):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    info = {"threads": torch.get_num_threads(), "dtype": "float32", "torch": torch.__version__}
+
+    def run(X, y, sizes, batch, epochs):
+        torch.manual_seed(SEED)
+        layers = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        model = nn.Sequential(*layers)
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        n = len(X)
+        times, losses = [], []
+        for e in range(epochs):
+            perm = torch.from_numpy(epoch_perm(n, e))
+            t0 = time.perf_counter()
+            for s in range(0, n, batch):
+                idx = perm[s:s + batch]
+                xb, yb = Xt[idx], yt[idx]
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                opt.step()
+            times.append(time.perf_counter() - t0)
+            losses.append(float(loss.item()))
+        return times, losses
+
+    del np
+    return run, info
+
+
+def _numpy_runner(threads: int):
+    import numpy as np
+
+    info = {"threads": numpy_blas_threads(), "dtype": "float32"}
+
+    def epoch(X, y, perm, batch, params):
+        n, L = len(perm), len(params)
+        lr = np.float32(LR)
+        loss = 0.0
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            x, t = X[idx], y[idx]
+            nb = len(idx)
+            acts = [x]
+            for i, (W, b) in enumerate(params):             # forward
+                z = acts[-1] @ W.T
+                z += b
+                if i < L - 1:
+                    np.maximum(z, 0, out=z)
+                acts.append(z)
+            z = acts.pop()                                  # softmax cross-entropy
+            z -= z.max(axis=1, keepdims=True)
+            np.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
+            rows = np.arange(nb)
+            loss = -np.log(z[rows, t]).mean()
+            z[rows, t] -= 1
+            z /= nb
+            d, grads = z, []
+            for i in range(L - 1, -1, -1):                  # backward
+                a = acts[i]
+                grads.append((d.T @ a, d.sum(axis=0)))
+                if i > 0:
+                    d = d @ params[i][0]
+                    d *= a > 0
+            for (W, b), (gW, gb) in zip(params, reversed(grads)):   # SGD, in place
+                gW *= lr
+                W -= gW
+                gb *= lr
+                b -= gb
+        return float(loss)
+
+    def run(X, y, sizes, batch, epochs):
+        params = init_layers(sizes)
+        times, losses = [], []
+        for e in range(epochs):
+            perm = epoch_perm(len(X), e)
+            t0 = time.perf_counter()
+            loss = epoch(X, y, perm, batch, params)
+            times.append(time.perf_counter() - t0)
+            losses.append(loss)
+        return times, losses
+
+    return run, info
+
+
+def _sklearn_runner(threads: int):
+    import warnings
+
+    import numpy as np
+    import sklearn
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    info = {"threads": numpy_blas_threads(), "dtype": None, "sklearn": sklearn.__version__}
+
+    def run(X, y, sizes, batch, epochs):
+        clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), solver="sgd", learning_rate_init=LR,
+                            momentum=0.0, batch_size=batch, max_iter=1, alpha=0.0, shuffle=True,
+                            random_state=SEED)
+        classes = np.arange(N_OUT)
+        times, losses = [], []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for _ in range(epochs):  # partial_fit = exactly one epoch (its own shuffle)
+                t0 = time.perf_counter()
+                clf.partial_fit(X, y, classes=classes)
+                times.append(time.perf_counter() - t0)
+                losses.append(float(clf.loss_))
+        info["dtype"] = str(clf.coefs_[0].dtype)
+        return times, losses
+
+    return run, info
+
+
+RUNNERS = {"deltaprop": _deltaprop_runner, "pytorch": _pytorch_runner, "numpy": _numpy_runner,
+           "sklearn": _sklearn_runner}
+
+
+def worker(args) -> dict:
+    """Run one system: for every hidden spec x batch size, a warm-up epoch then timed epochs."""
+    if args.worker == "gemm":
+        return gemm_worker(args.gemm_n)
+    try:
+        run, info = RUNNERS[args.worker](args.threads)
+    except ImportError as exc:
+        return {"system": args.worker, "status": "skipped", "note": f"not installed ({exc})"}
+    X, y = make_data(args.samples)
+    results = []
+    for hidden in parse_hidden(args.hidden):
+        sizes = [N_IN, *hidden, N_OUT]
+        for batch in parse_ints(args.batch_sizes):
+            times, losses = run(X, y, sizes, batch, 1 + args.timed_epochs)
+            results.append({"hidden": list(hidden), "batch": batch, "seconds": times[1:],
+                            "warmup_seconds": times[0], "loss": losses[-1]})
+    return {"system": args.worker, "status": "ok", "info": info, "results": results}
+
+
+def gemm_worker(n: int) -> dict:
+    """float32 GEMM peak of NumPy's BLAS: best of several n x n x n products."""
+    import numpy as np
+    rng = np.random.default_rng(SEED)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    best, reps, t_end = float("inf"), 0, time.perf_counter() + 3.0
+    while reps < 5 or (reps < 50 and time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return {"system": "gemm", "status": "ok", "n": n, "reps": reps, "best_seconds": best,
+            "gflops": 2.0 * n ** 3 / best / 1e9, "info": {"threads": numpy_blas_threads()}}
