@@ -2,7 +2,7 @@
 
 This module is the independent reference that the Numba kernels of ``deltaprop`` are tested
 against. It deliberately imports nothing from ``deltaprop``: every formula here is written out
-from the "Math (contract)" section of DESIGN.md.
+from the conventions below (torch.nn.Linear's weight layout, the losses, torch.optim's rules).
 
 Conventions
 -----------

@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md, "CLI" and "Run directory and checkpoints"), through typer's
+"""The command line (the README's usage and run-directory sections), through typer's
 CliRunner and, once end to end, through the installed `deltaprop` in a real process.
 
 One tiny classification run (300 rows x 8 features, 3 classes, hidden [16], 3 epochs, adam) is

@@ -1,4 +1,4 @@
-"""The activation-plugin contract (DESIGN.md, "Activation plugins").
+"""The activation-plugin contract (the README's "Activation plugins" section).
 
 Broken plugins (tests/fixtures/plugins/) are loaded three ways: in-process as
 `load_registry(extra=...)` modules, in-process through real entry points of a fake installed
