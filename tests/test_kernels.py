@@ -495,3 +495,35 @@ def test_dropout_seeds_and_zero_rates(engine):
     np.testing.assert_array_equal(run(dropout=[0.0] * 4, seed=1)[0], plain)
     # the output layer never drops
     np.testing.assert_array_equal(run(dropout=[0.0, 0.0, 0.0, 0.5], seed=1)[0], plain)
+
+
+def test_dropout_masks_are_independent_across_steps_rows_columns_and_layers():
+    """Masks of neighbouring steps, rows, columns and layers are uncorrelated (|r| within 6
+    standard errors of 0 at every shift tried) and the keep rate is within binomial bounds. The
+    old hash failed this: step t+1's mask was step t's shifted by one column."""
+    from deltaprop.kernels.network import _keep_scale
+    rate, rows, cols = 0.5, 64, 256
+
+    def mask(seed, step, layer):
+        return np.array([[_keep_scale(seed, step, layer, r, j, rate) > 0 for j in range(cols)]
+                         for r in range(rows)], dtype=np.float64)
+
+    def corr(a, b):
+        a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+        return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum()))
+
+    for seed in (0, 1, 7):
+        m = {(s, l): mask(seed, s, l) for s in (10, 11, 12) for l in (0, 1)}
+        n = rows * cols
+        bound = 6 / math.sqrt(n - 4 * cols)
+        for (s, l), a in m.items():
+            keep = a.mean()
+            assert abs(keep - (1 - rate)) < 6 * math.sqrt(rate * (1 - rate) / n), (seed, s, l, keep)
+        a = m[10, 0]
+        for shift in range(-3, 4):  # the next step, shifted by up to 3 columns either way
+            b = np.roll(m[11, 0], shift, axis=1)
+            assert abs(corr(a[:, 4:-4], b[:, 4:-4])) < bound, (seed, "step", shift)
+        assert abs(corr(a[:, 1:], a[:, :-1])) < bound, (seed, "column")
+        assert abs(corr(a[1:], a[:-1])) < bound, (seed, "row")
+        assert abs(corr(a, m[10, 1])) < bound, (seed, "layer")
+        assert abs(corr(a, m[12, 0])) < bound, (seed, "two steps")

@@ -170,7 +170,7 @@ def test_block_shuffle_is_a_permutation_of_contiguous_blocks(tmp_path, classes):
 
 def test_block_shuffled_memmap_trains_like_in_memory(tmp_path, classes):
     """Memory-mapped data with shuffle_block runs in chunks of one block and reads the next block
-    ahead (trainer._prefetch); the weights are bit-identical to the same data from an .npz."""
+    ahead (order.prefetch_blocks); the weights are bit-identical to the same data from an .npz."""
     d = np.load(classes)
     np.save(tmp_path / "big.npy", d["X"])
     np.save(tmp_path / "big_y.npy", d["y"])

@@ -52,7 +52,6 @@ def atomic_write(path, data, *, error=None) -> None:
     fsynced, `os.replace`d onto `path`, and the directory is fsynced. On failure the temp file is
     removed, `path` is untouched, and `error` (default `WriteError`, a DeltapropError) is raised:
     "cannot write PATH: No space left on device (ENOSPC)"."""
-    import errno as errno_names
     import secrets
 
     from .errors import WriteError
@@ -75,15 +74,20 @@ def atomic_write(path, data, *, error=None) -> None:
         created = False
         fsync_dir(path.parent)
     except OSError as exc:
-        code = errno_names.errorcode.get(exc.errno or 0)
-        reason = (exc.strerror or str(exc)) + (f" ({code})" if code else "")
-        raise (error or WriteError)(f"cannot write {path}: {reason}") from None
+        raise (error or WriteError)(f"cannot write {path}: {describe(exc)}") from None
     finally:
         if created:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def describe(exc: OSError) -> str:
+    """'No space left on device (ENOSPC)': an OSError's reason and its errno name."""
+    import errno
+    code = errno.errorcode.get(exc.errno or 0)
+    return (exc.strerror or str(exc)) + (f" ({code})" if code else "")
 
 
 def fsync_dir(directory) -> None:

@@ -6,8 +6,10 @@ import sys
 import typer
 from rich.console import Console
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-console = Console(highlight=False, soft_wrap=True)
+# markup off: what is printed holds paths, job names and [section] names that are not markup
+# (`--run-dir 'a[/]b'` once raised MarkupError after the work was done); styles go in Text objects
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+console = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended

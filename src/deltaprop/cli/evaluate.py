@@ -15,7 +15,7 @@ def _load(model_path: Path, data: str, require_labels: bool):
     from ..training.prepare import resolve_data_spec
     from .common import err_console
     model = load_model(model_path, on_skip=lambda bad, why: err_console.print(
-        f"note: skipping unusable checkpoint {bad.name} (using an older one): {why}", markup=False))
+        f"note: skipping unusable checkpoint {bad.name} (using an older one): {why}"))
     ds = load_dataset(resolve_data_spec(data, None), require_labels=require_labels,
                       label_column=model.config.get("data", {}).get("label_column", "label"))
     model.check_features(ds.X, ds.source)

@@ -62,7 +62,7 @@ def worker(
         from ..jobs.ray import RayExecutor
         ex = RayExecutor(address)
     w = Worker(_queue(create=True), concurrency, ex, lease_s=lease_seconds,
-               heartbeat_s=max(0.2, min(2.0, lease_seconds / 5)), log=lambda m: console.print(m, markup=False))
+               heartbeat_s=max(0.2, min(2.0, lease_seconds / 5)), log=console.print)
     console.print(f"worker {w.id}: concurrency {w.concurrency}, {w.threads} thread(s) per job, executor {executor}")
     w.run(until_empty=until_empty)
 
@@ -92,7 +92,6 @@ def sweep(
 
 
 def _leaderboard(jobs) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from ..jobs.sweep import leaderboard
@@ -101,7 +100,7 @@ def _leaderboard(jobs) -> None:
                            "test_mse") if any(k in r for r in rows)]
     table = Table("rank", "job", "name", "status", *metrics, title="leaderboard")
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), str(r["id"]), escape(r["name"]), r["status"],
+        table.add_row(str(i), str(r["id"]), r["name"], r["status"],
                       *[f"{r[k]:.4f}" if k in r else "" for k in metrics])
     console.print(table)
 
@@ -121,14 +120,14 @@ def list_(
     if json_:
         print(json.dumps([j.__dict__ for j in jobs]))
         return
-    from rich.markup import escape  # names like `c[optimizer.lr=0.1]` are not markup
     from rich.table import Table
+    from rich.text import Text
     table = Table("id", "name", "status", "attempts", "created", "run dir", "error")
     for j in jobs:
         style = STATUS_STYLE[j.status]
-        table.add_row(str(j.id), escape(j.name), f"[{style}]{j.status}[/]", f"{j.attempts}/{j.max_attempts}",
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)), escape(j.run_dir),
-                      escape(j.error or ""))
+        table.add_row(str(j.id), j.name, Text(j.status, style=style), f"{j.attempts}/{j.max_attempts}",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)), j.run_dir,
+                      j.error or "")
     console.print(table)
 
 

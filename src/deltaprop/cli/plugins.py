@@ -22,9 +22,10 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
         print(json.dumps(rows))
         return
     from rich.table import Table
+    from rich.text import Text
     table = Table("plugin", "package", "version", "status", "activations / reason")
     for r in rows:
-        status = "[green]ok[/]" if r["status"] == "ok" else "[red]broken[/]"
+        status = Text("ok", style="green") if r["status"] == "ok" else Text("broken", style="red")
         table.add_row(r["name"], r["source"], r["version"], status,
                       ", ".join(r["activations"]) if r["status"] == "ok" else r["reason"])
     console.print(table)

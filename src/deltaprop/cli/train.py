@@ -15,7 +15,7 @@ def _summary(result) -> None:
     console.print(f"done: {result.run_dir} after {len(result.metrics)} epochs"
                   + (" (stopped early)" if result.stopped_early else "") + ("; " + " ".join(parts) if parts else ""))
     from ..io.rundir import RunDir
-    console.print(f"model: {RunDir(result.run_dir).model_path}", markup=False)
+    console.print(f"model: {RunDir(result.run_dir).model_path}")
 
 
 def _run(fn, *args, **kwargs):

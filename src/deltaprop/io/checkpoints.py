@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._system import describe
 from .._values import is_int
-from ..errors import CheckpointError
+from ..errors import CheckpointError, WriteError
 from .safetensors import read_safetensors, write_safetensors
 
 _NAME_RE = re.compile(r"^step-(\d+)\.safetensors$")
@@ -49,7 +50,7 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, np.ndarray], 
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CheckpointError(f"cannot create checkpoint directory {directory}: {e.strerror or e}") from e
+        raise WriteError(f"cannot create checkpoint directory {directory}: {describe(e)}") from None
     path = directory / checkpoint_name(step)
     write_safetensors(path, tensors, metadata)
     prune(directory, keep)

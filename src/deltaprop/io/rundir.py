@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .._system import atomic_write
-from ..errors import ConfigError
+from .._system import atomic_write, describe
+from ..errors import ConfigError, WriteError
 from . import checkpoints
 from .safetensors import write_safetensors
+
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 class RunDir:
@@ -56,6 +59,17 @@ class RunDir:
     def holds_run(self) -> bool:
         """Whether training has written anything here (a checkpoint or the final model)."""
         return self.checkpoint_dir.exists() or self.model_path.exists()
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete the temp files of writes a kill interrupted (atomic_write's `.NAME.HEX.tmp`);
+        call it with the lock held, when no write of this run can be under way."""
+        removed = []
+        for d in (self.path, self.checkpoint_dir):
+            for p in d.glob(".*.tmp") if d.is_dir() else ():
+                if _TEMP.match(p.name):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
 
     # ---- the lock ----------------------------------------------------------------------------
     @contextmanager
@@ -96,8 +110,11 @@ class RunDir:
         atomic_write(self.metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
 
     def append_metrics(self, metrics: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.metrics_path}: {describe(exc)}") from None
 
     def read_metrics(self) -> list[dict]:
         """Every epoch's metrics; a line cut short by a kill is left out."""
@@ -160,6 +177,9 @@ class NullRunDir(RunDir):
 
     def holds_run(self) -> bool:
         return False
+
+    def remove_stale_temps(self) -> list[Path]:
+        return []
 
     def lock(self):
         return nullcontext()

@@ -60,6 +60,15 @@ def _raw(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
+def _canonical(blob: bytes) -> bytes:
+    """The library's file with its header's keys sorted: it writes `__metadata__` from a hash map
+    whose order changes from process to process, and the same run must give the same bytes."""
+    n = int.from_bytes(blob[:8], "little")
+    text = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict) -> None:
     """Write `tensors` and JSON `metadata` to `path` atomically."""
     arrays, entries = {}, []
@@ -70,7 +79,12 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         entries.append((name, code, arrays[name].shape, _raw(arrays[name])))
     meta_json = json.dumps(metadata, sort_keys=True)
     meta = {"format": FORMAT, "deltaprop": meta_json, "checksum": _checksum(entries, meta_json)}
-    atomic_write(path, safetensors.numpy.save(arrays, metadata=meta), error=CheckpointError)
+    blob = _canonical(safetensors.numpy.save(arrays, metadata=meta))
+    n = int.from_bytes(blob[:8], "little")
+    if n > MAX_HEADER:  # never write what read_safetensors would refuse
+        raise CheckpointError(f"cannot write {path}: its header would be {n} bytes, over the "
+                              f"{MAX_HEADER >> 20} MiB that deltaprop reads back")
+    atomic_write(path, blob)
 
 
 def _no_duplicates(pairs):
@@ -123,13 +137,8 @@ def _check_size(header: dict, data_len: int, bad) -> None:
         raise bad(f"has {data_len - end} trailing bytes that belong to no tensor")
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Validate `path` completely and return (writable native-order arrays, metadata dict)."""
-    path = Path(path)
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path} {what}")
-
+def _header(path: Path, bad) -> tuple[bytes, int, dict]:
+    """(the file's bytes, header length, header) after the pre-checks the library lacks."""
     blob = _read_bytes(path, bad)
     n = int.from_bytes(blob[:8], "little")
     try:
@@ -138,27 +147,67 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         raise bad(f"is not a safetensors file: its header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise bad(f"is not a safetensors file: its header is a JSON {type(header).__name__}, not an object")
+    return blob, n, header
+
+
+def _tensors(blob: bytes, n: int, header: dict, bad) -> dict[str, np.ndarray]:
+    """The library's parse (offsets, gaps, overlaps, dtypes, shape/size agreement), as arrays."""
+    _check_size(header, len(blob) - 8 - n, bad)
+    try:
+        return safetensors.numpy.load(blob)
+    except Exception as e:  # SafetensorError, or numpy refusing a shape or dtype it was handed
+        what = str(e).removeprefix("Error while deserializing: ") or type(e).__name__
+        raise bad(f"is not a valid safetensors file: {what}") from None
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    return a.astype(a.dtype.newbyteorder("="), copy=False)
+
+
+def is_deltaprop_header(path: Path) -> bool:
+    """Whether `path` claims to be a deltaprop file (its metadata names FORMAT); False for a plain
+    safetensors file such as `safetensors.torch.save_file` writes. Raises on an unreadable file."""
+    path = Path(path)
+    _, _, header = _header(path, lambda what: CheckpointError(f"{path} {what}"))
+    meta = header.get("__metadata__")
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def read_plain_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of any safetensors file (no deltaprop metadata needed, no checksum), with the
+    same pre-checks; for weights a user saved with `safetensors.torch.save_file`."""
+    path = Path(path)
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} {what}")
+
+    blob, n, header = _header(path, bad)
+    return {name: _native(a) for name, a in _tensors(blob, n, header, bad).items()}
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Validate `path` completely and return (writable native-order arrays, metadata dict)."""
+    path = Path(path)
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} {what}")
+
+    blob, n, header = _header(path, bad)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise bad("is not a deltaprop file: its header has no __metadata__ string map")
     if meta.get("format") != FORMAT:
         raise bad(f"is not a deltaprop file: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    _check_size(header, len(blob) - 8 - n, bad)
     checksum, meta_json = meta.get("checksum"), meta.get("deltaprop")
     if not isinstance(checksum, str):
         raise bad("has no checksum in its metadata")
     if not isinstance(meta_json, str):
         raise bad("has no deltaprop metadata")
-    try:  # offsets, gaps, overlaps, dtypes, shape/size agreement: the library's checks
-        loaded = safetensors.numpy.load(blob)
-    except Exception as e:  # SafetensorError, or numpy refusing a shape or dtype it was handed
-        what = str(e).removeprefix("Error while deserializing: ") or type(e).__name__
-        raise bad(f"is not a valid safetensors file: {what}") from None
     entries, tensors = [], {}
-    for name, a in loaded.items():
+    for name, a in _tensors(blob, n, header, bad).items():
         code, le = _little_endian(name, a)
         entries.append((name, code, header[name]["shape"], _raw(le)))
-        tensors[name] = a.astype(a.dtype.newbyteorder("="), copy=False)
+        tensors[name] = _native(a)
     if _checksum(entries, meta_json) != checksum:
         raise bad("checksum mismatch: the file is corrupted")
     try:

@@ -64,24 +64,46 @@ def _sumsq(x):
 
 
 @numba.njit(**JIT)
-def _keep_scale(seed, step, layer, row, col, rate):
-    """Dropout mask entry: 0 or 1/(1-rate), a pure hash of its coordinates (splitmix64)."""
-    h = np.uint64(seed) ^ (np.uint64(step) * np.uint64(0x9E3779B97F4A7C15))
-    h ^= np.uint64(layer) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(row) * np.uint64(0x94D049BB133111EB)
-    h += np.uint64(col) * np.uint64(0x9E3779B97F4A7C15)
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
+def _mix(z):
+    """splitmix64's finaliser: every input bit reaches every output bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(**JIT)
+def _row_key(seed, step, layer, row):
+    """A 64-bit key for one row of one layer's mask at one step. Each coordinate passes through the
+    full finaliser in turn, so neighbouring steps, layers and rows give unrelated keys (mixing
+    them with one multiplier made step t+1's mask step t's shifted by a column)."""
+    g = np.uint64(0x9E3779B97F4A7C15)
+    h = _mix(np.uint64(seed) + g)
+    h = _mix(h ^ (np.uint64(step) + g))
+    h = _mix(h ^ (np.uint64(layer) + g))
+    return _mix(h ^ (np.uint64(row) + g))
+
+
+@numba.njit(**JIT)
+def _keep(key, col, rate):
+    """Mask entry `col` of a row: 0 or 1/(1-rate), from splitmix64's stream seeded with the row key."""
+    h = _mix(key + np.uint64(col + 1) * np.uint64(0x9E3779B97F4A7C15))
     u = np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
     return 0.0 if u < rate else 1.0 / (1.0 - rate)
 
 
 @numba.njit(**JIT)
+def _keep_scale(seed, step, layer, row, col, rate):
+    """Dropout mask entry: a pure function of its coordinates (so a resume draws the same masks)."""
+    return _keep(_row_key(seed, step, layer, row), col, rate)
+
+
+@numba.njit(**JIT)
 def _dropout(X, off, r0, r1, ncols, c0, c1, seed, step, layer, rate):
     for r in range(r0, r1):
+        key = _row_key(seed, step, layer, r)
         base = off + r * ncols
         for j in range(c0, c1):
-            X[base + j] *= _keep_scale(seed, step, layer, r, j, rate)
+            X[base + j] *= _keep(key, j, rate)
 
 
 @numba.njit(**PJIT)

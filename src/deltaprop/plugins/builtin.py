@@ -87,12 +87,13 @@ def gelu_grad(x):
 
 @numba.njit(**JIT)
 def softplus(x):
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+    # torch's rule (beta 1, threshold 20): x itself above 20, log(1 + e^x) below
+    return x if x > 20.0 else math.log1p(math.exp(x))
 
 
 @numba.njit(**JIT)
 def softplus_grad(x):
-    return sigmoid(x)
+    return 1.0 if x > 20.0 else sigmoid(x)
 
 
 @numba.njit(**JIT)

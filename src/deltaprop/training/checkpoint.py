@@ -18,7 +18,7 @@ from ..errors import CheckpointError, PluginError
 from ..io.rundir import RunDir
 from ..io.safetensors import read_safetensors
 from .model import Model
-from .state import State, state_from_checkpoint
+from .state import State, checkpoint_state, state_from_checkpoint
 
 OPT_STATE_NAMES = {"sgd": ("optimizer.momentum_buffer",), "adam": ("optimizer.exp_avg", "optimizer.exp_avg_sq"),
                    "adamw": ("optimizer.exp_avg", "optimizer.exp_avg_sq")}
@@ -32,7 +32,7 @@ def checkpoint_contents(model: Model, opt_name: str, opt_state: np.ndarray, best
         tensors[name] = opt_state[i]
     if best_theta is not None:
         tensors["early_stopping.best_theta"] = best_theta
-    meta = model.metadata() | {"kind": "checkpoint", "state": state.__dict__, "threads": threads}
+    meta = model.metadata() | {"kind": "checkpoint", "state": checkpoint_state(state), "threads": threads}
     return tensors, meta
 
 

@@ -7,13 +7,14 @@ scikit-learn estimators do): they are validated, split, scaled and turned into l
 exactly as a file's rows.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..compute import layout
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..io.datasets import dataset_from_arrays, load_dataset
 from .config import Config
 from .model import Model
@@ -158,12 +159,50 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
 
 
 def _init_from_file(path: str, sizes: list[int]) -> np.ndarray:
+    """Initial weights from a deltaprop model or checkpoint, or from a plain safetensors file of
+    weights (`safetensors.torch.save_file(net.state_dict(), ...)` of an `nn.Sequential` of
+    `nn.Linear`s: names `0.weight`, `2.weight`, ... or `layers.{i}.weight`), checked against the
+    layer sizes this config builds."""
+    from ..io.safetensors import is_deltaprop_header, read_plain_safetensors
     from .model import load_model
     try:
+        if Path(path).is_file() and not is_deltaprop_header(Path(path)):
+            return weights_from_tensors(read_plain_safetensors(Path(path)), sizes, f"model.init = {path!r}")
         init = load_model(Path(path))
-    except Exception as exc:  # CheckpointError and friends: name the key
+    except (CheckpointError, DataError) as exc:
         raise ConfigError(f"model.init = {path!r}: {exc}") from None
     if list(init.sizes) != list(sizes):
         raise ConfigError(f"model.init = {path!r} has layer sizes {init.sizes}, "
                           f"but this config builds {sizes}")
     return init.theta
+
+
+_NAME = re.compile(r"^(?:layers\.)?(\d+)\.(weight|bias)$")
+
+
+def weights_from_tensors(tensors: dict, sizes: list[int], where: str) -> np.ndarray:
+    """The flat parameters from `layers.{i}.weight/bias` or torch `nn.Sequential` names
+    (`{k}.weight/bias`, the Linear modules in index order; activations between them own none)."""
+    layers: dict[int, dict] = {}
+    for name, a in tensors.items():
+        m = _NAME.match(name)
+        if m is None:
+            raise ConfigError(f"{where}: tensor {name!r} is not a layer weight or bias (expected names "
+                              "layers.0.weight, layers.0.bias, ... or torch's 0.weight, 0.bias, 2.weight, ...)")
+        layers.setdefault(int(m.group(1)), {})[m.group(2)] = a
+    found = [layers[k] for k in sorted(layers)]
+    if len(found) != len(sizes) - 1:
+        raise ConfigError(f"{where}: the file has {len(found)} dense layers, this config builds "
+                          f"{len(sizes) - 1} (layer sizes {sizes})")
+    out = []
+    for i, (layer, n_in, n_out) in enumerate(zip(found, sizes[:-1], sizes[1:])):
+        W, b = layer.get("weight"), layer.get("bias")
+        if W is None or b is None:
+            raise ConfigError(f"{where}: layer {i} has no {'weight' if W is None else 'bias'} tensor")
+        if W.shape != (n_out, n_in) or b.shape != (n_out,):
+            raise ConfigError(f"{where}: layer {i} has weight {W.shape} and bias {b.shape}, this config "
+                              f"needs ({n_out}, {n_in}) and ({n_out},)")
+        if W.dtype.kind != "f" or b.dtype.kind != "f" or not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise ConfigError(f"{where}: layer {i} must hold finite floating-point numbers")
+        out.append((W, b))
+    return layout.flatten(out, np.float64)

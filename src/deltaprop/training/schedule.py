@@ -1,4 +1,17 @@
-"""Learning-rate schedules as pure functions of the global step (so a resume is exact)."""
+"""Learning-rate schedules as pure functions of the global step (so a resume is exact).
+
+What torch loop gives the same rates (tests/test_torch_parity.py runs these loops):
+- `step` / `exponential`: `StepLR(opt, step_epochs, gamma)` / `ExponentialLR(opt, gamma)`, their
+  `.step()` called once at the end of every epoch.
+- `cosine`: `CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch, eta_min=min_lr)`, its `.step()`
+  called after every batch (cosine decays per step, step/exponential per epoch).
+- warm-up over W = warmup_epochs * steps_per_epoch steps: the rate of step s is multiplied by
+  min(1, (s + 1) / W) while s < W; for a whole W that is `LinearLR(opt, start_factor=1/W,
+  total_iters=W - 1)` stepped after every batch, chained with the schedule above (both
+  schedulers on one optimizer, each stepped at its own cadence). Except cosine with min_lr > 0:
+  torch's chained CosineAnnealingLR adds eta_min after the warm-up factor, so there the torch
+  equivalent is one `LambdaLR` of the product min(1, (s + 1) / W) * cosine(s) / base_lr.
+"""
 
 import math
 from dataclasses import dataclass
@@ -21,7 +34,7 @@ def lr_at(step: int, base_lr: float, steps_per_epoch: int, total_steps: int, s: 
         lr = base_lr
     warmup = s.warmup_epochs * steps_per_epoch
     if warmup > 0 and step < warmup:
-        lr *= (step + 1) / warmup
+        lr *= min(1.0, (step + 1) / warmup)  # a fractional last warm-up step never overshoots
     return lr
 
 

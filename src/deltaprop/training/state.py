@@ -30,15 +30,22 @@ class State:
     correct: int = 0
     seen: int = 0
     train_seconds: float = 0.0
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # per-epoch metrics; not in checkpoints (metrics.jsonl)
     best: float | None = None  # early stopping
     best_epoch: int = 0
     bad_epochs: int = 0
     finished: bool = False
 
 
+def checkpoint_state(state: State) -> dict:
+    """What a checkpoint stores of `state`: everything but the history, so a checkpoint's header
+    stays the same size however long the run (the history is metrics.jsonl)."""
+    return {k: v for k, v in state.__dict__.items() if k != "history"}
+
+
 def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: int) -> State:
-    """The checkpoint's `state` as a State, if it is one this run can continue from."""
+    """The checkpoint's `state` as a State, if it is one this run can continue from (its history
+    is empty unless the checkpoint is of the older format that carried it)."""
     steps_per_epoch = math.ceil(n_train / batch)
 
     def bad(what: str) -> CheckpointError:
@@ -47,6 +54,9 @@ def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: 
     names = [f.name for f in fields(State)]
     if not isinstance(raw, dict):
         raise bad(f"expected a JSON object, got {type(raw).__name__}")
+    raw = dict(raw)
+    old_format = "history" in raw  # checkpoints once carried the history, growing every epoch
+    raw.setdefault("history", [])
     if set(raw) != set(names):
         missing, extra = sorted(set(names) - set(raw)), sorted(set(raw) - set(names))
         raise bad("; ".join(([f"missing {', '.join(missing)}"] if missing else [])
@@ -68,7 +78,7 @@ def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: 
         raise bad(f"epoch_rng is not a {type(np.random.default_rng(0).bit_generator).__name__} "
                   f"state ({exc})") from None
     st = State(**raw)
-    if st.epoch > epochs or len(st.history) != st.epoch:
+    if st.epoch > epochs or (old_format and len(st.history) != st.epoch):
         raise bad(f"epoch {st.epoch} with {len(st.history)} epochs of history, in a run of {epochs}")
     if not st.correct <= st.seen <= st.pos <= n_train or (st.pos and not st.seen):
         raise bad(f"position {st.pos} (seen {st.seen}, correct {st.correct}) does not fit "

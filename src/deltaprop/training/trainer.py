@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from ..compute.engine import Engine, OptimizerSpec
-from ..errors import ConfigError, TrainingFailed
-from ..io.datasets import is_memory_mapped, prefetch_rows
+from ..errors import ConfigError, TrainingFailed, WriteError
+from ..io.datasets import is_memory_mapped
 from ..io.rundir import NullRunDir, RunDir
 from .checkpoint import check_plugins, checkpoint_contents, restore
 from .config import Config, read_run_config
 from .early_stopping import EarlyStopping
 from .model import Model
-from .order import EpochOrder
+from .order import EpochOrder, prefetch_blocks
 from .prepare import Prepared, prepare
 from .schedule import Schedule
 from .state import State
@@ -172,6 +172,9 @@ class Trainer:
             self.opt_state[i] = a
         self.stopper.best_theta = r.best_theta
         self.state = r.state
+        if not self.state.history:  # the epochs before the checkpoint, as metrics.jsonl recorded them
+            by_epoch = {m.get("epoch"): m for m in self.rundir.read_metrics()}
+            self.state.history = [by_epoch[e] for e in range(1, self.state.epoch + 1) if e in by_epoch]
 
     def _newest_checkpoint(self) -> Path | None:
         """Restore the newest checkpoint that reads cleanly and fits this run, and return its path
@@ -208,12 +211,18 @@ class Trainer:
             self.state.epoch_rng = self.order.initial_state()
             if self.start is not None and self.start.rng is not None:
                 self.state.epoch_rng = self.start.rng
+        self.rundir.remove_stale_temps()
         self.rundir.write_metrics(self.state.history)  # the history up to the restored checkpoint
         self.reporter.start(self.rundir.path, self.config.training.epochs, self.steps_per_epoch,
                             found.name if found else None)
-        with _catch_signals(self._on_signal) if self.rundir.persistent else nullcontext():
-            stopped_early = self._loop()
-        return self._finish(stopped_early)
+        try:
+            with _catch_signals(self._on_signal) if self.rundir.persistent else nullcontext():
+                stopped_early = self._loop()
+            return self._finish(stopped_early)
+        except WriteError as exc:  # a full disk or a read-only mount, mid-run: the run failed
+            raise TrainingFailed(f"{exc}. The run stopped at epoch {self.state.epoch + 1}, step "
+                                 f"{self.state.step}; its last good checkpoint is kept. Free some space "
+                                 f"and continue with: deltaprop resume {self.rundir.path}") from None
 
     def _on_signal(self, signum: int) -> None:
         self._signal = signum
@@ -234,8 +243,9 @@ class Trainer:
                 if self.tuner:
                     self.engine.threads = self.tuner.choose()
                 if prefetch:  # a chunk of about one block, so the next block is read while it trains
-                    n = min(n, max(1, c.training.shuffle_block // self.batch))
-                    self._prefetch(perm, st.pos, n)
+                    block = c.training.shuffle_block
+                    n = min(n, max(1, block // self.batch))
+                    prefetch_blocks(self.prep.X, perm[st.pos:st.pos + n * self.batch + 2 * block], block)
                 t0 = time.perf_counter()
                 lrs = self.schedule.lrs(st.step, n)
                 done, step_loss, step_correct = self.engine.run_steps(
@@ -265,17 +275,6 @@ class Trainer:
             if self._end_epoch():
                 return True
         return False
-
-    def _prefetch(self, perm: np.ndarray, pos: int, n_steps: int) -> None:
-        """Memory-mapped data shuffled by `shuffle_block`: have the kernel read this chunk's blocks
-        and the next one now, each as one sequential read, instead of faulting in one page per
-        row in shuffled order. (Rows in file order need nothing: the kernel reads ahead itself.)"""
-        block = self.config.training.shuffle_block
-        window = perm[pos:pos + n_steps * self.batch + 2 * block]
-        keys = window // block
-        for k in np.unique(keys):
-            rows = window[keys == k]
-            prefetch_rows(self.prep.X, int(rows.min()), int(rows.max()) + 1)
 
     def _end_epoch(self) -> bool:
         """Metrics, early stopping and the epoch checkpoint; True when stopping early."""

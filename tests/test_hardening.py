@@ -1,0 +1,171 @@
+"""Promises at the edges: a long run's checkpoints stay readable, write errors are one line,
+crafted inputs and files get a clear error, paths print literally. (Each test here failed once.)"""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import deltaprop
+from deltaprop.errors import CheckpointError
+from deltaprop.io.rundir import RunDir
+from deltaprop.io.safetensors import MAX_HEADER, read_safetensors, write_safetensors
+
+
+def _header_len(path) -> int:
+    return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    np.savez(tmp_path / "tiny.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    return tmp_path / "tiny.npz"
+
+
+def _raw(data, **training):
+    return {"model": {"hidden": [4]}, "data": {"train": str(data), "test": ""},
+            "training": {"epochs": 2, "batch_size": 40, **training}, "checkpoint": {"keep": 2}}
+
+
+def test_a_long_runs_checkpoint_header_does_not_grow(tmp_path, tiny):
+    """The history lives in metrics.jsonl, not in every checkpoint (it grew ~143 B per epoch, so
+    after ~117k epochs a run wrote checkpoints its own reader refused); a resume rebuilds it."""
+    short = deltaprop.train(_raw(tiny), run_dir=tmp_path / "short")
+    long = deltaprop.train(_raw(tiny, epochs=300), run_dir=tmp_path / "long")
+    h_short = _header_len(RunDir(short.run_dir).checkpoints()[-1])
+    h_long = _header_len(RunDir(long.run_dir).checkpoints()[-1])
+    assert abs(h_long - h_short) < 64, (h_short, h_long)
+    _, meta = read_safetensors(RunDir(long.run_dir).checkpoints()[-1])
+    assert "history" not in meta["state"]
+    # resuming from the epoch-299 checkpoint gives the same 300 epochs of metrics
+    rd = RunDir(long.run_dir)
+    rd.checkpoints()[-1].unlink()
+    rd.model_path.unlink()
+    with open(rd.metrics_path, "a") as f:
+        f.write('{"epoch": 300, "trunc')  # a line cut short by a kill
+    from deltaprop.training.trainer import resume_run
+    resumed = resume_run(rd.path)
+    assert [m["loss"] for m in resumed.metrics] == [m["loss"] for m in long.metrics]
+    assert np.array_equal(resumed.model.theta, long.model.theta)
+    assert len(rd.read_metrics()) == 300
+
+
+def test_the_writer_refuses_a_header_its_reader_would_refuse(tmp_path):
+    p = tmp_path / "big.safetensors"
+    with pytest.raises(CheckpointError, match=r"header would be \d+ bytes, over the 16 MiB"):
+        write_safetensors(p, {"a": np.zeros(2)}, {"blob": "x" * (MAX_HEADER + 1)})
+    assert not p.exists() and list(tmp_path.iterdir()) == []
+    write_safetensors(p, {"a": np.zeros(2)}, {"blob": "x" * (MAX_HEADER // 2)})
+    assert json.dumps(read_safetensors(p)[1]).count("x") == MAX_HEADER // 2
+
+
+# ---- write errors: one line naming the path and the errno, nothing damaged -----------------------
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from deltaprop.cli.main import app
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _config_file(tmp_path, data, epochs=3):
+    p = tmp_path / "c.toml"
+    p.write_text(f'[model]\nhidden = [4]\n[data]\ntrain = "{data}"\ntest = ""\n'
+                 f'[training]\nepochs = {epochs}\nbatch_size = 8\n')
+    return p
+
+
+def _no_space(*a, **k):
+    raise OSError(28, "No space left on device")
+
+
+def test_train_on_a_full_disk_is_one_line_and_exit_2(tmp_path, tiny, monkeypatch):
+    import deltaprop._system as system
+    monkeypatch.setattr(system.os, "fsync", _no_space)
+    r = _cli("train", _config_file(tmp_path, tiny), "--run-dir", tmp_path / "run")
+    monkeypatch.undo()
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1, r.output
+    assert f"cannot write {tmp_path / 'run' / 'config.toml'}: No space left on device (ENOSPC)" in r.output
+    assert list((tmp_path / "run").iterdir()) == []  # no temp file left behind
+
+
+def test_a_disk_that_fills_mid_run_fails_the_run_keeps_the_checkpoint_and_resumes(tmp_path, tiny, monkeypatch):
+    """The metrics append of epoch 2 hits ENOSPC: exit 1 with the path and errno, epoch 1's
+    checkpoint intact; once there is space, resume ends with the uninterrupted run's weights."""
+    import builtins
+    real_open, calls = builtins.open, []
+
+    def open_(file, mode="r", *a, **k):
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            calls.append(file)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+        return real_open(file, mode, *a, **k)
+
+    cfg = _config_file(tmp_path, tiny)
+    monkeypatch.setattr(builtins, "open", open_)
+    r = _cli("train", cfg, "--run-dir", tmp_path / "run")
+    monkeypatch.undo()
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert f"cannot write {tmp_path / 'run' / 'metrics.jsonl'}: No space left on device (ENOSPC)" in r.output
+    assert "last good checkpoint is kept" in r.output and f"deltaprop resume {tmp_path / 'run'}" in r.output
+    rd = RunDir(tmp_path / "run")
+    assert len(rd.checkpoints()) == 1 and read_safetensors(rd.checkpoints()[0])[1]["state"]["epoch"] == 1
+    assert _cli("resume", rd.path).exit_code == 0
+    whole = _cli("train", cfg, "--run-dir", tmp_path / "whole")
+    assert whole.exit_code == 0
+    assert rd.model_path.read_bytes() == RunDir(tmp_path / "whole").model_path.read_bytes()
+
+
+def test_predict_onto_a_read_only_mount_is_one_line_and_exit_2(tmp_path, tiny, monkeypatch):
+    import deltaprop._system as system
+    assert _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", tmp_path / "run").exit_code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = system.os.open
+
+    def read_only(path, flags, *a):
+        if str(path).startswith(str(out)) and flags & system.os.O_CREAT:
+            raise OSError(30, "Read-only file system")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(system.os, "open", read_only)
+    r = _cli("predict", tmp_path / "run", "--data", tiny, "--output", out / "p.npy")
+    monkeypatch.undo()
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"cannot write {out / 'p.npy'}: Read-only file system (EROFS)" in r.output
+    assert list(out.iterdir()) == []
+
+
+def test_resume_removes_the_temp_files_of_killed_writes(tmp_path, tiny):
+    assert _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", tmp_path / "run").exit_code == 0
+    rd = RunDir(tmp_path / "run")
+    stale = [rd.checkpoint_dir / ".step-0000000009.safetensors.0123456789ab.tmp",
+             rd.path / ".metrics.jsonl.abcdef012345.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    mine = rd.path / ".notes.tmp"
+    mine.write_text("not deltaprop's")
+    rd.model_path.unlink()
+    assert _cli("resume", rd.path).exit_code == 0
+    assert not any(p.exists() for p in stale) and mine.exists()
+
+
+@pytest.mark.parametrize("name", ["a[/]b", "[bold red]x", "c[optimizer.lr=0.1]"])
+def test_paths_with_rich_markup_print_literally(tmp_path, tiny, name):
+    """Run directories and output files named like markup: the work succeeds, and the printed
+    paths are the real ones (they once raised MarkupError after training, or lost characters)."""
+    run = tmp_path / name
+    r = _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", run)
+    assert r.exit_code == 0, r.output
+    assert f"done: {run} after 1 epochs" in r.output and f"model: {run / 'model.safetensors'}" in r.output
+    out = tmp_path / f"{name}.npy"
+    r = _cli("predict", run, "--data", tiny, "--output", out)
+    assert r.exit_code == 0 and f"wrote {out}" in r.output, r.output
+    r = _cli("evaluate", run, "--data", tiny)
+    assert r.exit_code == 0 and str(tiny) in r.output, r.output
