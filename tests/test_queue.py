@@ -10,6 +10,7 @@ import json
 import multiprocessing as mp
 import os
 import queue as stdlib_queue
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -705,3 +706,84 @@ def test_submit_cli_prints_the_id(q, base_config):
     result = cli("submit", base_config, "--set", "training.epochs=0")
     assert_exit(result, 2)
     assert len(q.list()) == 1
+
+
+# ---- never a new queue over an existing file; say what is actually wrong ------------------------------
+
+def _runs(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "runs").iterdir()) if (home / "runs").is_dir() else []
+
+
+def _refused_everywhere(home: Path, expect: str) -> None:
+    before, runs = (home / "queue.db").read_bytes(), _runs(home)
+    with pytest.raises(QueueError, match=expect):
+        Queue(home)
+    for args in (["jobs", "list"], ["jobs", "show", "1"], ["submit", "nope.toml"], ["worker", "--until-empty"]):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+        if args[0] != "submit":
+            assert re.search(expect, result.output), (args, result.output)
+    assert (home / "queue.db").read_bytes() == before  # not replaced, not modified
+    assert _runs(home) == runs  # no run directory made for a job that was never recorded
+
+
+def test_an_empty_queue_file_is_refused_not_replaced(tmp_path):
+    """An empty queue.db was silently taken for a new queue: ids restarted at 1, run directories
+    became job-000001-2."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "queue.db").write_bytes(b"")
+    _refused_everywhere(home, r"queue\.db is not a deltaprop job queue \(the file is empty\); it was not modified")
+
+
+def test_a_truncated_queue_file_is_refused_not_replaced(q, tmp_path):
+    for i in range(30):
+        q.submit(f"job{i}" + "x" * 300, TOML)
+    q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    q.close()
+    db = tmp_path / "home" / "queue.db"
+    page = 4096
+    db.write_bytes(db.read_bytes()[:page])  # the first page only: a valid header, no table pages
+    _refused_everywhere(tmp_path / "home", r"queue\.db (is not a deltaprop job queue|is unreadable)")
+
+
+def test_a_tampered_schema_is_refused_before_any_job_is_touched(q, tmp_path):
+    q.submit("a", TOML)
+    q.close()
+    con = sqlite3.connect(tmp_path / "home" / "queue.db")
+    con.execute("ALTER TABLE jobs RENAME COLUMN lease_until TO lease")
+    con.commit()
+    con.close()
+    _refused_everywhere(tmp_path / "home", r"has a jobs table that is not deltaprop's \(missing lease_until; unknown lease\)")
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_orphan_run_directory(q, tmp_path):
+    """SQLITE_FULL rolls the transaction back by itself; a second ROLLBACK once failed with
+    "cannot rollback - no transaction is active", and the run directory made for the job stayed."""
+    q.submit("first", TOML)
+    pages = q.db.execute("PRAGMA page_count").fetchone()[0]
+    q.db.execute(f"PRAGMA max_page_count = {pages}")  # the database cannot grow: as on a full disk
+    with pytest.raises(QueueError, match=r"cannot be written: the disk is full \(database or disk is full\)"):
+        q.submit("second" + "x" * 200_000, TOML)
+    assert [j.name for j in q.list()] == ["first"]
+    assert sorted(p.name for p in (tmp_path / "home" / "runs").iterdir()) == ["job-000001"]
+
+
+def test_read_only_errors_say_read_only(tmp_path):
+    q = Queue(tmp_path / "home")
+    for text in ("attempt to write a readonly database", "unable to open database file"):
+        message = str(q._error(sqlite3.OperationalError(text)))
+        assert "cannot be written" in message and "read-only" in message and "unreadable" not in message
+    q.close()
+
+
+def test_processes_creating_the_queue_at_once_share_one(tmp_path):
+    home = tmp_path / "fresh"
+    code = ("import sys; from deltaprop.jobs.queue import Queue; "
+            "print(Queue(sys.argv[1]).submit('j', '[training]\\nepochs = 1\\n').id)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    ids = sorted(int(p.communicate(timeout=120)[0]) for p in procs)
+    assert ids == list(range(1, 9))
+    assert sorted(p.name for p in home.iterdir()) == ["queue.db", "queue.db-shm", "queue.db-wal", "runs"] or \
+        sorted(p.name for p in home.iterdir()) == ["queue.db", "runs"]

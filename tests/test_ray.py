@@ -8,10 +8,13 @@ same weights.
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -47,25 +50,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The test cluster's own authentication, whatever ~/.ray holds: token mode with a token of its own,
+# given to the head and to every driver through the environment (Ray's highest precedence).
+RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+RAY_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+
+def _start_head(tmp: Path, env: dict, cpus: int = 2) -> str:
+    port = _free_port()
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=dict(env, RAY_TMPDIR=str(tmp)), timeout=300)
+    return f"127.0.0.1:{port}"
+
+
+def _stop_head(tmp: Path, env: dict) -> None:
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=dict(env, RAY_TMPDIR=str(tmp)),
+                   timeout=300)
+
+
+def _base_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in RAY_VARS}
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    port = _free_port()
     tmp = tmp_path_factory.mktemp("ray")
-    env = dict(os.environ, RAY_TMPDIR=str(tmp))
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    yield f"127.0.0.1:{port}"
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    env = _base_env() | RAY_AUTH
+    yield _start_head(tmp, env)
+    _stop_head(tmp, env)
 
 
-@pytest.fixture
-def env(tmp_path):
+def _data(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", X=X, y=(X @ rng.normal(size=(16, 3))).argmax(1))
     (tmp_path / "c.toml").write_text(CONFIG.format(data=tmp_path / "d.npz"))
-    return dict(os.environ, DELTAPROP_HOME=str(tmp_path / "home"))
+
+
+@pytest.fixture
+def env(tmp_path):
+    _data(tmp_path)
+    return _base_env() | RAY_AUTH | {"DELTAPROP_HOME": str(tmp_path / "home")}
 
 
 def _cli(args, env, **kw):
@@ -234,3 +260,38 @@ def _assert_num_cpus(run_dir, threads: int) -> None:
     assert granted and set(granted) <= {str(threads)}, log
     ran = {read_safetensors(p)[1]["threads"] for p in list_checkpoints(Path(run_dir) / "checkpoints")}
     assert ran == {threads}
+
+
+@pytest.mark.fault
+def test_a_token_left_by_a_local_ray_run_does_not_lock_out_later_clusters(tmp_path):
+    """Ray 2.60: a local `ray.init()` (deltaprop worker --executor ray without --address) writes
+    ~/.ray/auth_token; a head started on that machine then requires it, and a driver connecting
+    by address sent none ("InvalidAuthToken", then "cannot connect"). The worker now sends the
+    machine's token; a wrong one is refused with a message that says which token it sent."""
+    _data(tmp_path)
+    home = tmp_path / "user-home"  # this test's own ~, so the real one is never touched
+    env = _base_env() | {"HOME": str(home), "DELTAPROP_HOME": str(tmp_path / "queue")}
+    assert _cli(["submit", str(tmp_path / "c.toml"), "--set", "training.epochs=1"], env).returncode == 0
+    short = Path(tempfile.mkdtemp(prefix="dp-ray-"))  # Ray's socket paths must stay under 108 bytes
+    local = _cli(["worker", "--executor", "ray", "--until-empty"], dict(env, RAY_TMPDIR=str(short / "r0")),
+                 timeout=600)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert (home / ".ray" / "auth_token").is_file()  # what Ray 2.59+ leaves behind
+
+    tmp = short / "r1"
+    address = _start_head(tmp, env, cpus=1)
+    try:
+        assert _cli(["submit", str(tmp_path / "c.toml"), "--set", "training.epochs=1"], env).returncode == 0
+        w = _cli(["worker", "--executor", "ray", "--address", address, "--until-empty"], env, timeout=600)
+        assert w.returncode == 0, w.stdout + w.stderr
+        jobs = json.loads(_cli(["jobs", "list", "--json"], env).stdout)
+        assert [j["status"] for j in jobs] == ["succeeded", "succeeded"], jobs
+
+        bad = _cli(["worker", "--executor", "ray", "--address", address, "--until-empty"],
+                   dict(env, RAY_AUTH_TOKEN="0" * 64), timeout=600)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert f"cannot connect to the Ray cluster at {address}" in bad.stderr
+        assert "it sent the token from RAY_AUTH_TOKEN" in bad.stderr and "ray get-auth-token" in bad.stderr
+    finally:
+        _stop_head(tmp, env)
+        shutil.rmtree(short, ignore_errors=True)

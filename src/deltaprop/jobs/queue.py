@@ -7,13 +7,16 @@ running job is fenced by (worker id, attempt): a late zombie cannot overwrite a 
 """
 
 import os
+import shutil
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from .._system import describe, fsync_dir
 from .._system import home as default_home
 from ..errors import DeltapropError
 from ..io.rundir import RunDir
@@ -36,6 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id);
 """
+COLUMNS = {"id", "name", "status", "run_dir", "attempts", "max_attempts", "worker", "lease_until", "cancel",
+           "error", "created_at", "started_at", "finished_at"}
 BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's transaction
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -75,18 +80,58 @@ class Queue:
             if readonly:
                 self.db = self._connect_readonly()
             else:
-                self.home.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.home.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise QueueError(f"cannot create the job queue's directory {self.home}: {describe(exc)}") from None
+                if not self.path.exists() and create:
+                    self._create()
                 self.db = self._connect(str(self.path))
+                self._check_schema()  # before anything could write to a file that is not a queue
                 if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = FULL")
-                if not self._has_schema():  # the write lock only to create the tables, once
-                    with self._tx():
-                        for statement in SCHEMA.split(";"):
-                            if statement.strip():
-                                self.db.execute(statement)
+            if readonly:
+                self._check_schema()
         except sqlite3.DatabaseError as exc:
             raise self._error(exc) from None
+
+    def _create(self) -> None:
+        """A new queue: built complete under a temp name, then linked into place, so queue.db is
+        never seen without its tables (an existing file without them is not a queue: refused,
+        never overwritten), and of two processes creating it at once one wins."""
+        tmp = self.home / f".queue.db.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            db = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                db.executescript(SCHEMA)
+                db.execute("PRAGMA journal_mode = WAL")
+            finally:
+                db.close()
+            fsync_dir(self.home)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first
+        except OSError as exc:
+            raise QueueError(f"cannot create the job queue {self.path}: {describe(exc)}") from None
+        finally:
+            for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                p.unlink(missing_ok=True)
+
+    def _check_schema(self) -> None:
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)").fetchall()}
+        if not cols:
+            size = self.path.stat().st_size
+            raise QueueError(f"{self.path} is not a deltaprop job queue ("
+                             + ("the file is empty" if size == 0 else "it has no jobs table")
+                             + "); it was not modified. Move it aside (or set DELTAPROP_HOME) to start a new queue.")
+        if cols != COLUMNS:
+            missing, extra = sorted(COLUMNS - cols), sorted(cols - COLUMNS)
+            raise QueueError(f"{self.path} has a jobs table that is not deltaprop's ("
+                             + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                         + ([f"unknown {', '.join(extra)}"] if extra else []))
+                             + "); it was not modified.")
 
     def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
@@ -110,10 +155,6 @@ class Queue:
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return db
 
-    def _has_schema(self) -> bool:
-        return self.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
-                               "AND name = 'jobs'").fetchone()[0] == 1
-
     def _error(self, exc: Exception) -> QueueError:
         text = str(exc)
         if "locked" in text or "busy" in text:
@@ -122,6 +163,13 @@ class Queue:
                 timeout = self.db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
             return QueueError(f"the job queue {self.path} stayed locked for {timeout:g} s by another "
                               "process; nothing was changed, try again")
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return QueueError(f"the job queue {self.path} cannot be written ({text}): its file system is "
+                              f"read-only, or {self.home} or the file is not writable for you (SQLite also "
+                              "writes queue.db-wal and queue.db-shm beside it); nothing was changed")
+        if "full" in text:
+            return QueueError(f"the job queue {self.path} cannot be written: the disk is full ({text}); "
+                              "nothing was changed")
         return QueueError(f"the job queue {self.path} is unreadable ({text}); it was not modified. "
                           "Move it aside to start a new queue.")
 
@@ -137,31 +185,47 @@ class Queue:
         try:
             yield self.db
         except sqlite3.DatabaseError as exc:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise self._error(exc) from None
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             try:
                 self.db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise self._error(exc) from None
+
+    def _rollback(self) -> None:
+        """ROLLBACK, unless SQLite already rolled back itself (it does on a full disk, and a second
+        ROLLBACK fails with "cannot rollback - no transaction is active")."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
 
     def close(self) -> None:
         self.db.close()
 
     # ---- users -------------------------------------------------------------------------------
     def submit(self, name: str, config_toml: str, max_attempts: int = 3) -> Job:
-        """Queue a run: its directory gets config.toml now; a worker runs `resume` on it."""
-        with self._tx() as db:
-            cur = db.execute("INSERT INTO jobs (name, status, run_dir, max_attempts, created_at) "
-                             "VALUES (?, 'queued', '', ?, ?)", (name, max_attempts, time.time()))
-            job_id = cur.lastrowid
-            run_dir = _new_dir(self.home / "runs", f"job-{job_id:06d}")
-            RunDir(run_dir).write_config(config_toml)
-            db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(run_dir), job_id))
+        """Queue a run: its directory gets config.toml now; a worker runs `resume` on it. If the
+        job cannot be recorded (a full disk...), the directory made for it is removed again."""
+        run_dir = None
+        try:
+            with self._tx() as db:
+                cur = db.execute("INSERT INTO jobs (name, status, run_dir, max_attempts, created_at) "
+                                 "VALUES (?, 'queued', '', ?, ?)", (name, max_attempts, time.time()))
+                job_id = cur.lastrowid
+                run_dir = _new_dir(self.home / "runs", f"job-{job_id:06d}")
+                RunDir(run_dir).write_config(config_toml)
+                db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(run_dir), job_id))
+        except BaseException:
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         return self.get(job_id)
 
     def get(self, job_id: int) -> Job:
@@ -263,12 +327,14 @@ class Queue:
 
 def _new_dir(parent: Path, name: str) -> Path:
     """parent/name, or parent/name-2, -3... if a directory of that name is left from an old queue."""
-    parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         path = (parent / (name if n == 1 else f"{name}-{n}")).resolve()
         try:
+            parent.mkdir(parents=True, exist_ok=True)
             path.mkdir()
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise QueueError(f"cannot create the run directory {path}: {describe(exc)}") from None
     raise QueueError(f"cannot create a run directory for {name} under {parent}")

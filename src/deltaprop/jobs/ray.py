@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 from ..errors import DeltapropError
 from ..io.rundir import RunDir
@@ -44,8 +45,24 @@ def _run_job(run_dir: str, threads: int, attempt: int) -> int:
             return proc.wait()
 
 
+def _token_source() -> str | None:
+    """Where Ray would read this driver's authentication token from, in Ray's own order."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
 class RayExecutor:
     def __init__(self, address: str | None = None):
+        source = _token_source()
+        if address and source and "RAY_AUTH_MODE" not in os.environ:
+            # Ray >= 2.59 starts a cluster with token authentication whenever the machine holds a
+            # token (a local ray.init() writes ~/.ray/auth_token), but a driver connecting to an
+            # address sends none unless told to; a cluster without authentication ignores it.
+            os.environ["RAY_AUTH_MODE"] = "token"
         try:
             import ray
         except ImportError:
@@ -55,8 +72,16 @@ class RayExecutor:
             if not ray.is_initialized():
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise DeltapropError(f"cannot connect to the Ray cluster at {address or 'auto'}: {exc}") from None
+        except Exception as exc:  # ConnectionError, Ray's AuthenticationError, ValueError...
+            if not address:
+                raise DeltapropError(f"cannot start a local Ray cluster: {exc}") from None
+            sent = (f"it sent the token from {source}" if os.environ.get("RAY_AUTH_MODE") == "token" and source
+                    else "it sent no authentication token")
+            raise DeltapropError(
+                f"cannot connect to the Ray cluster at {address}: {exc}. If the cluster uses token "
+                f"authentication (Ray's default since 2.59), {sent}: give this worker the cluster's "
+                "token, e.g. RAY_AUTH_TOKEN=<the output of `ray get-auth-token` on the head>."
+            ) from None
         self.task = ray.remote(max_retries=0)(_run_job)
 
     def cores(self) -> int:
