@@ -169,3 +169,133 @@ def test_paths_with_rich_markup_print_literally(tmp_path, tiny, name):
     assert r.exit_code == 0 and f"wrote {out}" in r.output, r.output
     r = _cli("evaluate", run, "--data", tiny)
     assert r.exit_code == 0 and str(tiny) in r.output, r.output
+
+
+# ---- inputs: each a clear error or correct handling, never a traceback ----------------------------
+
+def test_big_endian_and_float16_features_train_as_numpy_would_convert_them(tmp_path, tiny):
+    """X stored big-endian, or as float16, is converted (to native order, to float32); the run is
+    the one on the converted array."""
+    with np.load(tiny) as z:
+        X, y = z["X"], z["y"]
+    runs = {}
+    for name, arr in [("native", X.astype(np.float64)), ("big", X.astype(">f8")),
+                      ("half", X.astype(np.float16)), ("half-as-f32", X.astype(np.float16).astype(np.float32))]:
+        np.savez(tmp_path / f"{name}.npz", X=arr, y=y)
+        runs[name] = deltaprop.train(_raw(tmp_path / f"{name}.npz"), run_dir=tmp_path / name).model.theta
+    assert np.array_equal(runs["big"], runs["native"])
+    assert np.array_equal(runs["half"], runs["half-as-f32"])
+
+
+def _idx(path, dims, payload=b"", dtype=0x08, ndim=None):
+    path.write_bytes(b"\0\0" + bytes([dtype, len(dims) if ndim is None else ndim])
+                     + b"".join(struct.pack(">I", d) for d in dims) + payload)
+    return path
+
+
+def _bad_inputs(d):
+    """name -> (data file to train on, or a config text, and the message expected)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3)).astype(np.float32)
+    np.savez(d / "biglabel.npz", X=X, y=np.r_[np.zeros(29, int), 10**9])
+    (d / "long.csv").write_text("a,b,label\n1," + "9" * 140_000 + ",0\n1,2,1\n")
+    _idx(d / "nopay-images-idx3-ubyte", [10, 28, 28]), _idx(d / "nopay-labels-idx1-ubyte", [10], bytes(10))
+    _idx(d / "huge-images-idx3-ubyte", [2**32 - 1] * 3), _idx(d / "huge-labels-idx1-ubyte", [1], bytes(1))
+    _idx(d / "many-images-idx3-ubyte", [1] * 255), _idx(d / "many-labels-idx1-ubyte", [1], bytes(1))
+    return {
+        "label 10^9": (d / "biglabel.npz", "label at row 29 is 1000000000: labels are class numbers 0..k-1"),
+        "CSV field over 131072 chars": (d / "long.csv", "long.csv: line 2 cannot be read as CSV (field larger than field limit"),
+        "IDX dims with no payload": (d / "nopay-images-idx3-ubyte", "IDX size mismatch: header declares shape (10, 28, 28)"),
+        "IDX 2^32-1 dims": (d / "huge-images-idx3-ubyte", "IDX size mismatch"),
+        "IDX 255 dims": (d / "many-images-idx3-ubyte", "IDX size mismatch"),
+        "50,000-deep array": ("[model]\nhidden = " + "[" * 50_000 + "]" * 50_000 + "\n",
+                              "arrays or tables nest too deeply to be a config"),
+        "5,000-deep inline table": ("[model]\nx = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n",
+                                    "arrays or tables nest too deeply to be a config"),
+        "hidden = [10^12]": ("[model]\nhidden = [1000000000000]\n", "is 6,000,000,000,002 parameters: about"),
+        "integer beyond int64": ("[training]\nepochs = 99999999999999999999999\n",
+                                 "training.epochs = 99999999999999999999999 does not fit in 64 bits"),
+        "validation_fraction = nan": ("[data]\nvalidation_fraction = nan\n",
+                                      "data.validation_fraction must be a finite number, got nan"),
+        "lr = nan": ("[optimizer]\nlr = nan\n", "optimizer.lr must be a finite number, got nan"),
+        "eps = nan": ("[optimizer]\neps = nan\n", "optimizer.eps must be a finite number, got nan"),
+        "clip_grad_norm = nan": ("[training]\nclip_grad_norm = nan\n", "training.clip_grad_norm must be a finite number"),
+        "min_delta = nan": ("[early_stopping]\nmin_delta = nan\n", "early_stopping.min_delta must be a finite number"),
+        "warmup_epochs = inf": ("[schedule]\nwarmup_epochs = inf\n", "schedule.warmup_epochs must be a finite number, got inf"),
+        "dropout = [nan]": ("[model]\nhidden = [4]\ndropout = [nan]\n", "model.dropout"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted([
+    "label 10^9", "CSV field over 131072 chars", "IDX dims with no payload", "IDX 2^32-1 dims", "IDX 255 dims",
+    "50,000-deep array", "5,000-deep inline table", "hidden = [10^12]", "integer beyond int64",
+    "validation_fraction = nan", "lr = nan", "eps = nan", "clip_grad_norm = nan", "min_delta = nan",
+    "warmup_epochs = inf", "dropout = [nan]"]))
+def test_bad_inputs_are_one_clear_error(tmp_path, tiny, case):
+    source, message = _bad_inputs(tmp_path)[case]
+    if isinstance(source, str):  # a config text, on the tiny data
+        text = source
+        cfg = tmp_path / "c.toml"
+        base = f'[data]\ntrain = "{tiny}"\ntest = ""\n' if "[data]" not in text else ""
+        cfg.write_text(base + text.replace("[data]\n", f'[data]\ntrain = "{tiny}"\ntest = ""\n'))
+    else:
+        cfg = _config_file(tmp_path, source, epochs=1)
+    r = _cli("train", cfg, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and message in r.output, r.output
+    assert not RunDir(tmp_path / "run").holds_run()
+
+
+def _crafted_model(tmp_path, tiny, change_meta=None, change_tensors=None):
+    run = tmp_path / "run"
+    if not run.exists():
+        assert _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", run).exit_code == 0
+    tensors, meta = read_safetensors(run / "model.safetensors")
+    meta = json.loads(json.dumps(meta))
+    if change_meta:
+        change_meta(meta)
+    if change_tensors:
+        change_tensors(tensors)
+    p = tmp_path / "crafted.safetensors"
+    write_safetensors(p, tensors, meta)  # a valid checksum
+    return p
+
+
+def test_crafted_model_files_with_a_valid_checksum_are_refused(tmp_path, tiny):
+    def big_mean(m):
+        m["preprocess"]["mean"][0] = 10**400
+    p = _crafted_model(tmp_path, tiny, big_mean)
+    r = _cli("evaluate", p, "--data", tiny)
+    assert r.exit_code == 2 and "preprocess.mean holds a number too large for float32" in r.output, r.output
+
+    def overflow(t):
+        t["layers.0.weight"][:] = 3e38  # finite, but every output overflows
+    p = _crafted_model(tmp_path, tiny, change_tensors=overflow)
+    for args in (["evaluate", p, "--data", tiny, "--json"], ["predict", p, "--data", tiny, "--output", tmp_path / "o.npy"]):
+        r = _cli(*args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert "gives NaN or Inf outputs" in r.output and "no prediction to give" in r.output, r.output
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s["epoch_rng"]["state"].__setitem__("state", float(s["epoch_rng"]["state"]["state"])),
+     "epoch_rng is not a PCG64 state exactly as numpy writes it"),
+    (lambda s: s.update(history=[{"epoch": 1, "loss": "x"}], epoch=1, step=3, pos=0, seen=0, correct=0),
+     "history must be a list of per-epoch metrics"),
+], ids=["rng state holding a float", "history loss 'x'"])
+def test_crafted_checkpoint_states_are_refused_and_nothing_changes(tmp_path, tiny, change, message):
+    """An RNG state with a float where numpy has an int was accepted (and the resumed run
+    differed); an old-format history with a string loss crashed the summary."""
+    assert _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", tmp_path / "run").exit_code == 0
+    rd = RunDir(tmp_path / "run")
+    ck = rd.checkpoints()[-1]
+    tensors, meta = read_safetensors(ck)
+    meta["state"].update(epoch=0, step=0, pos=0, seen=0, correct=0, finished=False)
+    change(meta["state"])
+    write_safetensors(ck, tensors, meta)
+    rd.model_path.unlink()
+    before = ck.read_bytes()
+    r = _cli("resume", rd.path)
+    assert r.exit_code == 2 and "Traceback" not in r.output and message in r.output, r.output
+    assert ck.read_bytes() == before and not rd.model_path.exists()

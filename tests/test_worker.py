@@ -36,8 +36,8 @@ from deltaprop.jobs.queue import Queue
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))
 CORES = len(os.sched_getaffinity(0))
 JOB_THREADS = max(1, CORES // 2)  # what `worker --concurrency 2` gives each job
-SHORT, LONG = 2, 16  # epochs
-HIDDEN = {SHORT: "[160, 64]", LONG: "[64]"}
+SHORT, LONG, STALL = 2, 16, 200  # epochs
+HIDDEN = {SHORT: "[160, 64]", LONG: "[64]", STALL: "[64]"}
 
 CONFIG = """
 [model]
@@ -549,4 +549,32 @@ def test_sigterm_drains_running_jobs_back_to_the_queue(tmp_path, configs, refs):
         assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
         assert "resuming from step-" in Path(run_dir, "log.txt").read_text()
         _assert_same_run(run_dir, refs(seed, LONG, JOB_THREADS), LONG)
+    q.close()
+
+
+@pytest.mark.fault
+def test_a_stalled_worker_does_not_fail_its_job(tmp_path, configs, refs):
+    """SIGSTOP a worker for longer than its lease while its 200-epoch job keeps training: the next
+    worker's attempt waits for the run directory instead of failing ("is in use", which spent
+    every attempt and ended the job failed, once with a complete model); the job succeeds with the
+    weights of a direct train, and the stalled worker, woken, finds its lease gone."""
+    home = tmp_path / "home"
+    job = _submit(home, configs(21, STALL), "stalled")
+    q = Queue(home, create=False)
+    a = Worker(home, tmp_path / "a.log", "--lease-seconds", "2", "--until-empty")
+    run_dir = _wait_for(lambda: (j := q.get(job)).status == "running" and j.run_dir, 120, "the claim", proc=a)
+    _wait_for(lambda: _checkpoints(run_dir), 240, "the first checkpoint", proc=a)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        b = Worker(home, tmp_path / "b.log", "--lease-seconds", "2", "--until-empty")
+        assert b.wait(timeout=600) == 0, b.output()
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    assert a.wait(timeout=120) == 0, a.output()
+    final = q.get(job)
+    assert (final.status, final.attempts) == ("succeeded", 2), (final, a.output(), b.output())
+    log = Path(run_dir, "log.txt").read_text()
+    assert "is in use by another process" in log and "waiting for it to end" in log, log
+    assert "lease lost" in a.output(), a.output()
+    _assert_same_run(run_dir, refs(21, STALL), STALL)
     q.close()

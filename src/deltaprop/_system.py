@@ -1,15 +1,18 @@
 """Facts about this machine and process that every layer needs, with no heavy imports.
 
     cores()              CPUs this process may run on (its affinity mask, else the CPU count)
+    memory_bytes()       physical memory
     home()               DELTAPROP_HOME: the job queue and default run directories (./deltaprop-runs)
     kernel_cache_dir()   where generated kernel modules and their Numba cache live
     data_cache_dir()     where decompressed datasets are cached (None: caching off)
     atomic_write(path, data)   the one way a file is replaced (see its docstring)
+    catch_signals(on_signal)   SIGINT/SIGTERM as a callback (a run checkpoints, then stops)
 
 The job runner imports this module to count cores; it must never import Numba.
 """
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -18,6 +21,14 @@ def cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def home() -> Path:
@@ -100,3 +111,20 @@ def fsync_dir(directory) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def catch_signals(on_signal):
+    """SIGINT and SIGTERM call `on_signal(signum)` instead of stopping the process (main thread
+    only: elsewhere signals cannot be handled)."""
+    import signal
+    import threading
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda s, f: on_signal(s))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -51,8 +51,10 @@ def train(
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
     threads: Threads = None,
+    wait_for_lock: Annotated[bool, typer.Option("--wait-for-lock", help="If another process is training "
+                                                "this run, wait for it to end instead of failing.")] = False,
 ):
     """Continue a run from its newest valid checkpoint to the configured end."""
     from ..training.trainer import resume_run
-    result = _run(resume_run, run_dir, threads=threads)
+    result = _run(resume_run, run_dir, threads=threads, wait_for_lock=wait_for_lock)
     _summary(result)

@@ -139,6 +139,7 @@ def _finish(X: np.ndarray, y: np.ndarray | None, source: str, xsrc: str, ysrc: s
         raise DataError(f"{xsrc}: X must be 2-D (rows, features), got shape {X.shape}.")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{xsrc}: the data is empty (X has shape {X.shape}).")
+    X = _kernel_dtype(X)
     _check_finite(X, xsrc, "X")
     if y is not None:
         if y.dtype.kind not in "biuf":
@@ -154,6 +155,18 @@ def _finish(X: np.ndarray, y: np.ndarray | None, source: str, xsrc: str, ysrc: s
         else:
             y = np.asarray(y, dtype=np.float64)  # integer-coded targets (e.g. one-hot)
     return Dataset(X=X, y=y, source=source)
+
+
+def _kernel_dtype(X: np.ndarray) -> np.ndarray:
+    """X in a dtype the compiled code reads, converted as numpy would: big-endian to native order,
+    float16 to float32, bool to uint8. (A converted memmap is read into memory.)"""
+    if X.dtype.kind == "b":
+        return X.astype(np.uint8)
+    if X.dtype == np.float16:
+        return X.astype(np.float32)
+    if not X.dtype.isnative:
+        return X.astype(X.dtype.newbyteorder("="))
+    return X
 
 
 def _check_finite(a: np.ndarray, src: str, what: str, where: Callable[[int, int], str] | None = None) -> None:
@@ -221,6 +234,8 @@ def _load_csv(path: Path, label_column: str, require_labels: bool) -> Dataset:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
+    except csv.Error as e:
+        raise _csv_error(path, e, 1) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e}).") from e
     names = [h.strip() for h in header or []]
@@ -266,13 +281,21 @@ def _csv_rows(path: Path):
     """Yield (line number, data row index, fields) for non-blank data rows, as numpy counts them."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        next(reader, None)
-        row, line = 0, reader.line_num + 1
-        for fields in reader:
-            if fields:
-                yield line, row, fields
-                row += 1
-            line = reader.line_num + 1
+        try:
+            next(reader, None)
+            row, line = 0, reader.line_num + 1
+            for fields in reader:
+                if fields:
+                    yield line, row, fields
+                    row += 1
+                line = reader.line_num + 1
+        except csv.Error as exc:
+            raise _csv_error(path, exc, reader.line_num) from None
+
+
+def _csv_error(path: Path, exc: csv.Error, line) -> DataError:
+    return DataError(f"{path}: line {line} cannot be read as CSV ({exc}); a field that long is not a number "
+                     "a model can use.")
 
 
 def _csv_raise_bad_cell(path: Path, names: list[str]) -> None:

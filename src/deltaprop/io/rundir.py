@@ -14,6 +14,7 @@ no lock and writes no file, so the trainer never asks whether it has a directory
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from contextlib import contextmanager, nullcontext
@@ -73,19 +74,25 @@ class RunDir:
 
     # ---- the lock ----------------------------------------------------------------------------
     @contextmanager
-    def lock(self):
+    def lock(self, wait: bool = False, on_wait=None):
         """An exclusive lock for the life of a training process, so two processes never train
         the same run at once. A flock on the directory itself: nothing in it is ever replaced
         under the lock (a lock on config.toml was lost when a second `train` replaced that file),
-        and no extra file appears in the run directory."""
+        and no extra file appears in the run directory. Held by another process: a ConfigError,
+        or with `wait`, `on_wait(message)` and then wait for it to be released."""
         import fcntl
         fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ConfigError(f"run directory {self.path} is in use by another deltaprop process "
-                                  "(a train or resume of it is running)") from None
+                if not wait:
+                    raise ConfigError(f"run directory {self.path} is in use by another deltaprop process "
+                                      "(a train or resume of it is running)") from None
+                if on_wait is not None:
+                    on_wait(f"run directory {self.path} is in use by another process (an earlier attempt "
+                            "of this job, whose worker lost its lease?): waiting for it to end")
+                fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
                 raise ConfigError(f"cannot lock run directory {self.path}: {exc.strerror or exc}") from None
             yield
@@ -117,7 +124,8 @@ class RunDir:
             raise WriteError(f"cannot write {self.metrics_path}: {describe(exc)}") from None
 
     def read_metrics(self) -> list[dict]:
-        """Every epoch's metrics; a line cut short by a kill is left out."""
+        """Every epoch's metrics; a line cut short by a kill (or not names and finite numbers)
+        is left out."""
         try:
             lines = self.metrics_path.read_text().splitlines()
         except (OSError, UnicodeDecodeError):
@@ -128,7 +136,8 @@ class RunDir:
                 m = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(m, dict):
+            if isinstance(m, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           and math.isfinite(v) for v in m.values()):
                 out.append(m)
         return out
 
@@ -181,7 +190,7 @@ class NullRunDir(RunDir):
     def remove_stale_temps(self) -> list[Path]:
         return []
 
-    def lock(self):
+    def lock(self, wait: bool = False, on_wait=None):
         return nullcontext()
 
     def write_config(self, text: str) -> None: ...

@@ -32,7 +32,10 @@ HEARTBEAT_S = 2.0
 
 
 def job_command(run_dir: str, threads: int) -> list[str]:
-    return [sys.executable, "-m", "deltaprop.cli.main", "resume", run_dir, "--threads", str(threads)]
+    # --wait-for-lock: a run directory still held by an earlier attempt (its worker stalled past its
+    # lease while the job kept training) is not a failure of the job; the attempt waits for it
+    return [sys.executable, "-m", "deltaprop.cli.main", "resume", run_dir, "--threads", str(threads),
+            "--wait-for-lock"]
 
 
 def job_env(threads: int) -> dict:

@@ -197,6 +197,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(f"--set {dotted.strip()}=...: the value nests too deeply") from None
     return section, key, value
 
 
@@ -224,6 +226,8 @@ def load_config(path, overrides=()) -> Config:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nest too deeply to be a config") from None
     return config_from_dict(merge_overrides(raw, overrides), str(path))
 
 
@@ -234,3 +238,5 @@ def read_run_config(rundir) -> Config:
         return config_from_dict(tomllib.loads(text), str(rundir.config_path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{rundir.config_path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{rundir.config_path}: arrays or tables nest too deeply to be a config") from None

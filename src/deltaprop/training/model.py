@@ -67,7 +67,13 @@ class Model:
         if X.ndim == 1:
             X = X.reshape(1, -1)
         self.check_features(X, source)
-        return self.engine().predict(X, self.mean, self.inv_std, self.theta)
+        out = self.engine().predict(X, self.mean, self.inv_std, self.theta)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():  # finite weights can still overflow: that is no prediction
+            raise CheckpointError(f"the model gives NaN or Inf outputs for {int(bad.sum())} of {len(out)} rows of "
+                                  f"{source} (the first at row {int(np.argmax(bad))}): its weights overflow "
+                                  f"{self.dtype} on this data, so it has no prediction to give")
+        return out
 
     def predict(self, X: np.ndarray, source: str = "X") -> np.ndarray:
         """Class labels (cross-entropy) or regression outputs (mse)."""
@@ -157,7 +163,10 @@ class Model:
                 raise bad(f"preprocess.{key} must be a list of numbers")
             if len(v) != sizes[0]:
                 raise bad(f"preprocess.{key} has {len(v)} values for {sizes[0]} input features")
-            stats[key] = np.asarray(v, dtype)
+            try:
+                stats[key] = np.asarray(v, dtype)
+            except (OverflowError, ValueError):
+                raise bad(f"preprocess.{key} holds a number too large for {dtype}") from None
             if not np.isfinite(stats[key]).all():
                 raise bad(f"preprocess.{key} holds NaN or Inf")
         plugins, config = meta.get("plugins", {}), meta.get("config", {})

@@ -6,6 +6,7 @@ the field (its annotation and its `option`). Messages name the key and say what 
 """
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, get_args, get_origin
 
@@ -80,12 +81,22 @@ def coerce(where: str, value: Any, tp) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value) or abs(value) > 1.7e308:
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
     raise TypeError(tp)
+
+
+def _fits_64_bits(where: str, value) -> None:
+    if isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _fits_64_bits(f"{where}[{i}]", v)
+    elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        raise ConfigError(f"{where} = {value} does not fit in 64 bits")
 
 
 def build_section(cls, values: dict, source: str, section: str):
@@ -99,4 +110,5 @@ def build_section(cls, values: dict, source: str, section: str):
         where = f"{source}: {section}.{key}"
         kwargs[key] = coerce(where, value, types[key])
         rule_of(cls, key).check(where, kwargs[key])
+        _fits_64_bits(where, kwargs[key])
     return cls(**kwargs)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._system import memory_bytes
 from ..compute import layout
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io.datasets import dataset_from_arrays, load_dataset
@@ -91,6 +92,19 @@ def _scaling(mode: str, X: np.ndarray, rows: np.ndarray, dtype) -> tuple[str, np
     return mode, mean.astype(dtype), np.where(std > 1e-12, 1.0 / np.where(std > 1e-12, std, 1), 1.0).astype(dtype)
 
 
+def _check_memory(sizes: list[int], batch: int, dtype: str) -> None:
+    """Refuse a network that cannot fit in this machine's memory before allocating it (hidden =
+    [10^12] once tried to allocate 29 TiB): weights, gradient, optimizer state and the best
+    weights (5 copies), and three activation buffers of the batch."""
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    need = np.dtype(dtype).itemsize * (5 * n_params + 3 * batch * sum(sizes[1:]) + batch * sizes[0])
+    have = memory_bytes()
+    if have and need > have:
+        raise ConfigError(f"model.hidden = {list(sizes[1:-1])} with {sizes[0]} inputs and {sizes[-1]} outputs is "
+                          f"{n_params:,} parameters: about {need / 2**30:,.1f} GiB for the weights, gradients, "
+                          f"optimizer state and activations, more than this machine's {have / 2**30:,.1f} GiB")
+
+
 def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
     """He-normal or Xavier-uniform weights per layer (by `inits`), zero biases."""
     rng = np.random.default_rng([seed, 0x1A17])
@@ -146,6 +160,7 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     for name in acts:
         registry.require_checked(name)
     sizes = [X.shape[1], *c.model.hidden, k]
+    _check_memory(sizes, min(c.training.batch_size, len(train_idx)), c.training.dtype)
     mode, mean, inv_std = _scaling(c.data.scale, X, train_idx, c.training.dtype)
     plugins = {a: {"source": registry.get(a).source, "version": registry.get(a).version} for a in set(acts)}
     if c.model.init in ("auto", "he", "xavier"):

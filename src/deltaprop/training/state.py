@@ -37,6 +37,23 @@ class State:
     finished: bool = False
 
 
+def is_metrics(m) -> bool:
+    """One epoch's metrics: names mapped to finite numbers."""
+    return isinstance(m, dict) and all(isinstance(k, str) and is_number(v) and math.isfinite(v)
+                                       for k, v in m.items())
+
+
+def _same(a, b) -> bool:
+    """Equal as JSON values, types included (1 and 1.0 and True differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def checkpoint_state(state: State) -> dict:
     """What a checkpoint stores of `state`: everything but the history, so a checkpoint's header
     stays the same size however long the run (the history is metrics.jsonl)."""
@@ -70,13 +87,16 @@ def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: 
             raise bad(f"{k} must be a finite number, got {v!r}")
     if not isinstance(raw["finished"], bool):
         raise bad(f"finished must be true or false, got {raw['finished']!r}")
-    if not (isinstance(raw["history"], list) and all(isinstance(m, dict) for m in raw["history"])):
-        raise bad("history must be a list of per-epoch metrics")
-    try:  # the shuffling RNG state must be one numpy accepts for this generator
-        np.random.default_rng(0).bit_generator.state = raw["epoch_rng"]
+    if not (isinstance(raw["history"], list) and all(is_metrics(m) for m in raw["history"])):
+        raise bad("history must be a list of per-epoch metrics (names and finite numbers)")
+    gen = np.random.default_rng(0).bit_generator
+    try:  # the shuffling RNG state must be one numpy accepts for this generator, exactly as written
+        gen.state = raw["epoch_rng"]
     except (TypeError, ValueError, KeyError, OverflowError) as exc:
-        raise bad(f"epoch_rng is not a {type(np.random.default_rng(0).bit_generator).__name__} "
-                  f"state ({exc})") from None
+        raise bad(f"epoch_rng is not a {type(gen).__name__} state ({exc})") from None
+    if not _same(gen.state, raw["epoch_rng"]):  # numpy converts a float where an int belongs
+        raise bad(f"epoch_rng is not a {type(gen).__name__} state exactly as numpy writes it "
+                  "(a value of the wrong type)")
     st = State(**raw)
     if st.epoch > epochs or (old_format and len(st.history) != st.epoch):
         raise bad(f"epoch {st.epoch} with {len(st.history)} epochs of history, in a run of {epochs}")

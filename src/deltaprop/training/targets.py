@@ -9,6 +9,8 @@ import numpy as np
 
 from ..errors import DataError
 
+MAX_CLASSES = 100_000  # a bigger label is almost surely an id, not a class number (10^9 tried 238 GiB)
+
 
 def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | None, source: str) -> int:
     """Check `y` holds integer class labels in 0..n_classes-1; return the number of classes.
@@ -33,6 +35,11 @@ def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | No
             raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, not an integer class label.")
     elif y.dtype.kind not in "biu":
         raise DataError(f"{source}: labels have dtype {y.dtype}, expected integers.")
+    if n_classes is None and y.max() >= MAX_CLASSES:
+        i = int(np.argmax(y >= MAX_CLASSES))
+        raise DataError(f"{source}: label at row {i} is {y[i].item()!r}: labels are class numbers 0..k-1 and the "
+                        f"output layer has one unit per class, so deltaprop takes labels below {MAX_CLASSES:,} "
+                        "(renumber the classes from 0).")
     bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
     if bad.any():
         i = int(np.argmax(bad))

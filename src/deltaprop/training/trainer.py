@@ -18,16 +18,16 @@ uninterrupted one.
 
 import math
 import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._system import catch_signals
 from ..compute.engine import Engine, OptimizerSpec
-from ..errors import ConfigError, TrainingFailed, WriteError
+from ..errors import CheckpointError, ConfigError, TrainingFailed, WriteError
 from ..io.datasets import is_memory_mapped
 from ..io.rundir import NullRunDir, RunDir
 from .checkpoint import check_plugins, checkpoint_contents, restore
@@ -75,20 +75,6 @@ class Start:
 
 class Interrupted(TrainingFailed):
     """Stopped on a signal or request after writing a checkpoint."""
-
-
-@contextmanager
-def _catch_signals(on_signal):
-    """SIGINT and SIGTERM call `on_signal(signum)` instead of raising (main thread only)."""
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, lambda s, f: on_signal(s))
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 class Trainer:
@@ -190,14 +176,17 @@ class Trainer:
     def _eval(self, split, prefix: str) -> dict:
         if split is None:
             return {}
-        r = self.prep.model.evaluate(split.X, split.y, split.source)
+        try:
+            r = self.prep.model.evaluate(split.X, split.y, split.source)
+        except CheckpointError as exc:  # the weights overflow on this split's data
+            raise self._diverged(self.state.step, str(exc), self.schedule.lr(self.state.step - 1)) from None
         r.pop("confusion", None)
         r.pop("n", None)
         return {f"{prefix}_{k}": v for k, v in r.items()}
 
     # ---- the loop ----------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> RunResult:
-        with self.rundir.lock():
+    def run(self, resume: bool = False, wait_for_lock: bool = False) -> RunResult:
+        with self.rundir.lock(wait=wait_for_lock, on_wait=self.reporter.note):
             return self._run(resume)
 
     def _run(self, resume: bool) -> RunResult:
@@ -216,7 +205,7 @@ class Trainer:
         self.reporter.start(self.rundir.path, self.config.training.epochs, self.steps_per_epoch,
                             found.name if found else None)
         try:
-            with _catch_signals(self._on_signal) if self.rundir.persistent else nullcontext():
+            with catch_signals(self._on_signal) if self.rundir.persistent else nullcontext():
                 stopped_early = self._loop()
             return self._finish(stopped_early)
         except WriteError as exc:  # a full disk or a read-only mount, mid-run: the run failed
@@ -343,7 +332,8 @@ def train_run(config: Config, run_dir: Path, **kwargs) -> RunResult:
         return Trainer(config, rundir, **kwargs)._run(False)
 
 
-def resume_run(run_dir: Path, **kwargs) -> RunResult:
-    """Continue a run from its newest valid checkpoint to the configured end."""
+def resume_run(run_dir: Path, wait_for_lock: bool = False, **kwargs) -> RunResult:
+    """Continue a run from its newest valid checkpoint to the configured end (`wait_for_lock`:
+    if another process trains it, wait for that one to end instead of failing)."""
     rundir = RunDir(run_dir)
-    return Trainer(read_run_config(rundir), rundir, **kwargs).run(resume=True)
+    return Trainer(read_run_config(rundir), rundir, **kwargs).run(resume=True, wait_for_lock=wait_for_lock)
