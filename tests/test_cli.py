@@ -441,7 +441,7 @@ def test_ctrl_c_while_loading_data_in_a_real_process(data, tmp_path):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 130, (out, err)
@@ -503,8 +503,8 @@ def test_second_train_into_the_same_fresh_run_dir_fails_while_the_first_runs(dat
             time.sleep(0.02)
         written = (run_dir / "config.toml").read_bytes()
         second = run_real("train", data["config"], "--run-dir", run_dir, "--set", "optimizer.lr=0.5",
-                          cwd=tmp_path, timeout=120)
-        resumed = run_real("resume", run_dir, cwd=tmp_path, timeout=120)
+                          cwd=tmp_path, timeout=600)
+        resumed = run_real("resume", run_dir, cwd=tmp_path, timeout=600)
         assert first.poll() is None, first.communicate()  # the first is still training
     finally:
         first.send_signal(signal.SIGKILL)

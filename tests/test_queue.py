@@ -328,9 +328,9 @@ def test_contention_every_job_claimed_exactly_once(tmp_path):
     procs = [ctx.Process(target=_contender, args=(str(home), f"w{i}", start, results)) for i in range(n_procs)]
     for p in procs:
         p.start()
-    outcomes = [results.get(timeout=180) for _ in procs]
+    outcomes = [results.get(timeout=600) for _ in procs]
     for p in procs:
-        p.join(timeout=60)
+        p.join(timeout=300)
         assert p.exitcode == 0
     errors = [(name, err) for name, _, err in outcomes if err]
     assert errors == []
@@ -467,7 +467,7 @@ def test_read_only_commands_work_on_a_read_only_copy(q, tmp_path):
     os.chmod(copy, 0o555)
     try:
         env = dict(os.environ, DELTAPROP_HOME=str(copy))
-        run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=120,
+        run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=600,
                                 preexec_fn=_without_root_file_powers)
         probe = run([sys.executable, "-c", f"open({str(copy / 'x')!r}, 'w')"])
         assert "PermissionError" in probe.stderr, "the directory is writable: the test would prove nothing"
@@ -497,17 +497,17 @@ def test_jobs_logs_follow_streams_until_the_job_ends(q):
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
     reader.start()
     try:
-        assert lines.get(timeout=120) == "--- attempt 1 ---\n"
+        assert lines.get(timeout=600) == "--- attempt 1 ---\n"
         for i in range(3):  # each written while the follower runs, and seen by it
             with open(log, "a") as f:
                 f.write(f"epoch {i}\n")
-            assert lines.get(timeout=60) == f"epoch {i}\n"
+            assert lines.get(timeout=600) == f"epoch {i}\n"
         assert proc.poll() is None  # still following: the job is running
         with open(log, "a") as f:
             f.write("done: the last line\n")
         assert q.finish(running, "succeeded")
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-        reader.join(timeout=60)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+        reader.join(timeout=600)
         assert lines.get_nowait() == "done: the last line\n"
         assert lines.empty()
     finally:

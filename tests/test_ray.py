@@ -60,7 +60,7 @@ def _start_head(tmp: Path, env: dict, cpus: int = 2) -> str:
     port = _free_port()
     subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                     f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=dict(env, RAY_TMPDIR=str(tmp)), timeout=300)
+                   check=True, capture_output=True, env=dict(env, RAY_TMPDIR=str(tmp)), timeout=900)
     return f"127.0.0.1:{port}"
 
 
@@ -177,7 +177,7 @@ def _sigterm_pending(pid: int) -> bool:
     return False
 
 
-def _wait_for(predicate, what: str, timeout: float = 300, worker=None):
+def _wait_for(predicate, what: str, timeout: float = 900, worker=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -225,7 +225,7 @@ def test_cancel_and_drain_reach_ray_tasks(tmp_path, env, ray_head):
         worker.send_signal(signal.SIGTERM)
         _wait_for(lambda: _sigterm_pending(drain_pid), "the drain to reach the job process", worker=worker)
         os.kill(drain_pid, signal.SIGCONT)
-        assert worker.wait(timeout=300) == 0, log.read_text()
+        assert worker.wait(timeout=900) == 0, log.read_text()
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -74,7 +74,7 @@ def _newest_step(run_dir: Path) -> int:
     return int(found[-1].stem.split("-")[1]) if found else -1
 
 
-def _kill_after_progress(cmd, run_dir: Path, rng: random.Random, timeout=120.0) -> int | None:
+def _kill_after_progress(cmd, run_dir: Path, rng: random.Random, timeout=600.0) -> int | None:
     """Start cmd; once a new checkpoint appears, SIGKILL it after a random extra delay.
     Returns the exit code if it finished on its own, else None (killed)."""
     start_step = _newest_step(run_dir)
@@ -155,7 +155,7 @@ def test_signal_writes_checkpoint_then_resume_matches(tmp_path, data, sig):
         time.sleep(0.01)
     before = _newest_step(run_dir)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, (out, err)
     assert "checkpoint written" in err and "Traceback" not in err
     assert _newest_step(run_dir) >= before

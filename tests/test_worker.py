@@ -79,7 +79,7 @@ def _env(home: Path | None = None, threads: int | None = None, **extra) -> dict:
     return env
 
 
-def _run(*args, env, timeout=240) -> subprocess.CompletedProcess:
+def _run(*args, env, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([DELTAPROP, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -98,7 +98,7 @@ class Worker:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait(self, timeout=240) -> int:
+    def wait(self, timeout=900) -> int:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -195,7 +195,7 @@ def _pause_job(worker: Worker, run_dir) -> int:
 
 
 def _submit(home: Path, config: Path, name: str) -> int:
-    result = _run("submit", config, "--name", name, env=_env(home), timeout=120)
+    result = _run("submit", config, "--name", name, env=_env(home), timeout=600)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.strip())
 
@@ -242,7 +242,7 @@ def refs(configs, tmp_path_factory):
             # at most CORES threads busy at a time
             while running and (key is None or sum(k[2] or CORES for k, _ in running) + (key[2] or CORES) > CORES):
                 k, proc = running.pop(0)
-                out, err = proc.communicate(timeout=300)
+                out, err = proc.communicate(timeout=900)
                 assert proc.returncode == 0, f"direct train {k} failed:\n{out}\n{err}"
                 done[k] = _dir(*k)
             if key is not None:
@@ -285,7 +285,7 @@ def test_worker_runs_every_job_like_a_direct_train(tmp_path, configs, refs):
         ref_threads = read_safetensors(_checkpoints(reference)[-1])[1]["threads"]
         assert (job_threads, ref_threads) == (JOB_THREADS, CORES)
         _assert_same_run(job.run_dir, reference, SHORT)
-        logs = _run("jobs", "logs", job_id, env=_env(home), timeout=60)
+        logs = _run("jobs", "logs", job_id, env=_env(home), timeout=600)
         assert logs.returncode == 0 and "--- attempt 1 on" in logs.stdout and "done:" in logs.stdout
     q.close()
 
@@ -318,20 +318,20 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, configs, refs):
         w = Worker(home, tmp_path / f"worker{len(workers)}.log", "--concurrency", "2", "--lease-seconds", "3")
         workers.append(w)
         # wait for this worker's progress: a checkpoint written during its life (the first time: any)
-        _wait_for(lambda: (snapshot() - seen) or all_done(), 120, "a new checkpoint", proc=w)
+        _wait_for(lambda: (snapshot() - seen) or all_done(), 600, "a new checkpoint", proc=w)
         time.sleep(rng.uniform(0.0, 1.0))
         if w.proc.poll() is not None:
             raise AssertionError(f"worker died on its own:\n{w.output()}")
         w.kill()
         kills += 1
         # the worker's job processes die with it (PR_SET_PDEATHSIG) and release their run dirs
-        _wait_for(lambda: _unlocked(run_dirs), 30, "the killed worker's job processes to exit")
+        _wait_for(lambda: _unlocked(run_dirs), 300, "the killed worker's job processes to exit")
     assert kills >= 3, f"only {kills} kills before all jobs were done: make the jobs longer"
 
     final = Worker(home, tmp_path / f"worker{len(workers)}.log", "--concurrency", "2", "--lease-seconds", "3",
                    "--until-empty")
     workers.append(final)
-    assert final.wait(timeout=300) == 0, final.output()
+    assert final.wait(timeout=900) == 0, final.output()
     outputs = "".join(w.output() for w in workers)
     assert "Traceback" not in outputs
 
@@ -395,7 +395,7 @@ def test_crashing_jobs_fail_after_max_attempts_and_the_worker_lives_on(tmp_path,
     job = q.get(good)
     assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
     _assert_same_run(job.run_dir, refs(11, SHORT), SHORT)
-    result = _run("jobs", "show", bad_config, env=_env(home), timeout=60)
+    result = _run("jobs", "show", bad_config, env=_env(home), timeout=600)
     assert result.returncode == 0 and '"status": "failed"' in result.stdout and "not valid TOML" in result.stdout
     q.close()
 
@@ -416,10 +416,10 @@ def test_sweep_wait_prints_every_run_on_the_leaderboard(tmp_path, data):
                                   "--grid", "training.seed=1,2", "--wait"], stdout=out, stderr=subprocess.STDOUT,
                                  env=_env(home, COLUMNS="250"))
     try:
-        _wait_for(lambda: "submitted 4 jobs" in out_path.read_text(), 120, "the sweep to submit its jobs")
+        _wait_for(lambda: "submitted 4 jobs" in out_path.read_text(), 600, "the sweep to submit its jobs")
         worker = Worker(home, tmp_path / "worker.log", "--concurrency", "2", "--until-empty")
         assert worker.wait() == 0, worker.output()
-        assert sweep.wait(timeout=120) == 0, out_path.read_text()
+        assert sweep.wait(timeout=600) == 0, out_path.read_text()
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -489,7 +489,7 @@ def test_cancel_a_running_job_then_retry_is_bit_exact(tmp_path, configs, refs, m
     assert_exit(result, 0)
     assert f"job {job_id}: cancel requested" in result.output
     # the worker's heartbeat sees the request and sends the job SIGTERM; then let the job go on
-    _wait_for(lambda: _sigterm_pending(pid), 60, "the worker to pass the cancel on", proc=worker)
+    _wait_for(lambda: _sigterm_pending(pid), 600, "the worker to pass the cancel on", proc=worker)
     os.kill(pid, signal.SIGCONT)
     assert worker.wait() == 0, worker.output()  # --until-empty: a cancelled job is not pending
     job = q.get(job_id)
@@ -525,10 +525,10 @@ def test_sigterm_drains_running_jobs_back_to_the_queue(tmp_path, configs, refs):
     worker = Worker(home, tmp_path / "worker1.log", "--concurrency", "2")  # the default 30 s lease
     pids = [_pause_job(worker, d) for d in run_dirs]
     worker.proc.send_signal(signal.SIGTERM)
-    _wait_for(lambda: all(_sigterm_pending(p) for p in pids), 60, "the worker to pass SIGTERM on", proc=worker)
+    _wait_for(lambda: all(_sigterm_pending(p) for p in pids), 600, "the worker to pass SIGTERM on", proc=worker)
     for pid in pids:
         os.kill(pid, signal.SIGCONT)
-    assert worker.wait(timeout=60) == 0, worker.output()
+    assert worker.wait(timeout=600) == 0, worker.output()
     out = worker.output()
     assert "SIGTERM: draining 2 running job(s)" in out and "Traceback" not in out
     for job_id, run_dir in zip(ids, run_dirs):
@@ -562,8 +562,8 @@ def test_a_stalled_worker_does_not_fail_its_job(tmp_path, configs, refs):
     job = _submit(home, configs(21, STALL), "stalled")
     q = Queue(home, create=False)
     a = Worker(home, tmp_path / "a.log", "--lease-seconds", "2", "--until-empty")
-    run_dir = _wait_for(lambda: (j := q.get(job)).status == "running" and j.run_dir, 120, "the claim", proc=a)
-    _wait_for(lambda: _checkpoints(run_dir), 240, "the first checkpoint", proc=a)
+    run_dir = _wait_for(lambda: (j := q.get(job)).status == "running" and j.run_dir, 600, "the claim", proc=a)
+    _wait_for(lambda: _checkpoints(run_dir), 600, "the first checkpoint", proc=a)
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         b = Worker(home, tmp_path / "b.log", "--lease-seconds", "2", "--until-empty")

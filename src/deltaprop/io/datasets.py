@@ -203,11 +203,15 @@ def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)}; the file has "
                                 f"{', '.join(keys) or 'no arrays'} (expected X and y).")
-            return z["X"], (z["y"] if "y" in keys else None)
+            arrays = {k: z[k] for k in ("X", "y") if k in keys}
     except DataError:
         raise
     except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError, EOFError
         raise DataError(f"{path}: cannot read as .npz ({e}).") from e
+    for k, a in arrays.items():
+        if not isinstance(a, np.ndarray):  # numpy hands back a member that is not .npy as bytes
+            raise DataError(f"{path}: {k} is not an array (its member {k}.npy is not a .npy file).")
+    return arrays["X"], arrays.get("y")
 
 
 def _read_npy(path: Path, mmap: bool) -> np.ndarray:

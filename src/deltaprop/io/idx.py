@@ -9,6 +9,7 @@ the source's path, size and mtime. The cache is best-effort: unwritable or corru
 from __future__ import annotations
 
 import gzip
+import math
 import hashlib
 import zlib
 from pathlib import Path
@@ -50,7 +51,9 @@ def read_idx(path: Path, cache: bool) -> np.ndarray:
             cached = _cache_load(cpath, dims, dtype)
             if cached is not None:
                 return cached
-            nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            if 0 in dims:
+                raise DataError(f"{path}: the IDX header declares shape {dims}: no data.")
+            nbytes = math.prod(dims) * dtype.itemsize  # Python ints: 2^32-1 dims overflow int64
             size = path.stat().st_size - (0 if gz else 4 + 4 * len(dims))
             if nbytes > (1100 * size + (1 << 20) if gz else size):  # gzip inflates at most ~1032x
                 raise DataError(f"{path}: IDX size mismatch: header declares shape {dims} ({nbytes} data "
