@@ -20,7 +20,8 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
 PYTEST_ARGS ?=
 
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+# Compiled kernels are cached in ~/.cache/deltaprop/numba (deltaprop's default; set NUMBA_CACHE_DIR
+# to move it), the same place for `make run`, `make test` and the CLI.
 
 # apt-get install as root, or through sudo when there is one; fails if neither is possible.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \

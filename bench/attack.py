@@ -10,7 +10,6 @@ root those rows say so instead of passing.
 """
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -25,11 +24,12 @@ import numpy as np
 
 BIN = Path(sys.executable).with_name("deltaprop")
 RESULTS: dict[str, list[int]] = {}
+CWD: Path | None = None  # every command runs in this empty directory, which must stay empty
 
 
-def cli(*args, env=None, timeout=300, cwd=None):
+def cli(*args, env=None, timeout=300):
     return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=cwd)
+                          env=env, cwd=CWD)
 
 
 def record(cls: str, ok: bool, why: str = "") -> None:
@@ -193,12 +193,13 @@ def kills_and_resume(root: Path, trials: int) -> None:
     for i in range(trials):
         run = root / f"k{i}"
         proc = subprocess.Popen([str(BIN), "train", str(cfg), "--run-dir", str(run)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, cwd=CWD)
         time.sleep(rng.uniform(1.5, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         while True:  # resume until done, killing once more half the time
-            r = subprocess.Popen([str(BIN), "resume", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            r = subprocess.Popen([str(BIN), "resume", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 cwd=CWD)
             if rng.random() < 0.5:
                 time.sleep(rng.uniform(0.5, 2.0))
                 r.send_signal(signal.SIGKILL)
@@ -249,9 +250,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer random trials")
     a = ap.parse_args()
     n = 3 if a.quick else 10
+    global CWD
     with tempfile.TemporaryDirectory(prefix="deltaprop-attack-") as tmp:
         root = Path(tmp)
-        outside = snapshot(Path.cwd()) if Path.cwd() != Path("/") else {}
+        CWD = root / "cwd"
+        CWD.mkdir()
         for fn, args in [(planted_symlinks, ()), (markup_paths, ()), (hostile_inputs, ()), (crafted_models, (5 * n,)),
                          (queue_files, ()), (full_disk, (n,)), (read_only, ()), (kills_and_resume, (max(2, n // 2),))]:
             d = root / fn.__name__
@@ -259,13 +262,13 @@ def main() -> None:
             t0 = time.perf_counter()
             fn(d, *args)
             print(f"{fn.__name__}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        changed = snapshot(Path.cwd()) != outside if outside else False
+        changed = sorted(str(p.relative_to(CWD)) for p in CWD.rglob("*"))
     print("| class | trials | passed | failed |\n|---|---|---|---|")
     for cls, (ok, bad) in RESULTS.items():
         print(f"| {cls} | {ok + bad} | {ok} | {bad} |")
     total_bad = sum(b for _, b in RESULTS.values())
-    print(f"\n{sum(ok + b for ok, b in RESULTS.values())} trials, {total_bad} failed; files changed in the "
-          f"working directory: {'yes' if changed else 'none'}")
+    print(f"\n{sum(ok + b for ok, b in RESULTS.values())} trials, {total_bad} failed; files written outside "
+          f"the paths given (into the working directory): {', '.join(changed) or 'none'}")
     sys.exit(1 if total_bad or changed else 0)
 
 

@@ -1,17 +1,19 @@
-"""Shared test setup: the NumPy oracle importable as `reference`, a persistent Numba cache, one
+"""Shared test setup: the NumPy oracle importable as `reference`, a temporary DELTAPROP_HOME, one
 plugin registry per session and cached `Engine`s (each new activation set costs a ~10 s compile
 the first time; later runs load it from the cache)."""
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-# Before anything imports numba (the Makefile sets the same directory).
-os.environ.setdefault("NUMBA_CACHE_DIR", str(TESTS.parent / ".cache" / "numba"))
+# Every DELTAPROP_HOME the tests use is a temporary one (train without --run-dir, the job queue):
+# a test never writes into the checkout or a user's real queue.
+os.environ["DELTAPROP_HOME"] = tempfile.mkdtemp(prefix="deltaprop-test-home-")
 # Before anything imports scipy: scikit-learn's array-API estimator check (test_sklearn.py) runs
 # instead of skipping itself.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")

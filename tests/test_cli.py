@@ -10,6 +10,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -595,3 +598,40 @@ def test_resume_without_the_checkpoints_activation_plugin_names_plugin_and_versi
     use_registry(monkeypatch, load_registry())
     assert_exit(cli("resume", run_dir), 0)  # with the plugin back, the run finishes
     assert (run_dir / "model.safetensors").is_file()
+
+
+# ---- the first compile: visible, interruptible, not counted as training ------------------------
+
+@pytest.mark.fault
+def test_the_first_compile_is_announced_interruptible_and_not_in_samples_per_s(data, tmp_path):
+    """With an empty kernel cache: Ctrl-C during the compile exits 130 at once (it once did nothing
+    for ~50 s, then exited 1 "stopped by SIGINT"); a full run says it is compiling and how long
+    that took, and epoch 1's samples/s is not diluted by the compile; the next run loads the cache."""
+    from fixtures.cli import DELTAPROP
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cold-cache"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(tmp_path / "a")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        while line and "compiling kernels for" not in line:
+            line = proc.stdout.readline()
+        assert "compiling kernels for relu, identity, float32" in line, line
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=600)
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "error: interrupted (Ctrl-C)\n", (out, err)
+    assert waited < 10, f"exited {waited:.1f} s after Ctrl-C: it waited for the compile"
+
+    r = subprocess.run([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(tmp_path / "b")],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^compiled kernels for relu, identity, float32 in \d+\.\d s$", r.stdout, re.M), r.stdout
+    metrics = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["samples_per_s"] > 0.1 * metrics[1]["samples_per_s"], metrics  # the compile is not in it
+    r = subprocess.run([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(tmp_path / "c")],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "compiling" not in r.stdout, r.stdout
+    assert re.search(r"^kernels for relu, identity, float32 loaded from the cache in \d+\.\d s$", r.stdout, re.M)

@@ -163,7 +163,7 @@ def test_paths_with_rich_markup_print_literally(tmp_path, tiny, name):
     run = tmp_path / name
     r = _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", run)
     assert r.exit_code == 0, r.output
-    assert f"done: {run} after 1 epochs" in r.output and f"model: {run / 'model.safetensors'}" in r.output
+    assert f"done: {run} after 1 epoch;" in r.output and f"model: {run / 'model.safetensors'}" in r.output
     out = tmp_path / f"{name}.npy"
     r = _cli("predict", run, "--data", tiny, "--output", out)
     assert r.exit_code == 0 and f"wrote {out}" in r.output, r.output

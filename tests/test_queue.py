@@ -787,3 +787,27 @@ def test_processes_creating_the_queue_at_once_share_one(tmp_path):
     assert ids == list(range(1, 9))
     assert sorted(p.name for p in home.iterdir()) == ["queue.db", "queue.db-shm", "queue.db-wal", "runs"] or \
         sorted(p.name for p in home.iterdir()) == ["queue.db", "runs"]
+
+
+def test_sweep_wait_without_a_worker_says_how_to_start_one(tmp_path, monkeypatch):
+    """`sweep --wait` with no worker running once waited silently forever."""
+    import deltaprop.cli.jobs as cli_jobs
+    write_classification(tmp_path / "d.npz")
+    config = write_config(tmp_path / "c.toml", tmp_path / "d.npz")
+    monkeypatch.setattr(cli_jobs, "NO_WORKER_HINT_S", 0.2)
+    done = threading.Event()
+
+    def finish_later():  # a stand-in worker that shows up after the hint
+        time.sleep(2.0)
+        q = Queue(tmp_path / "home")
+        while (job := q.claim("w", 60.0)) is not None:
+            q.finish(job, "succeeded")
+        q.close()
+        done.set()
+
+    threading.Thread(target=finish_later, daemon=True).start()
+    result = cli("sweep", config, "--grid", "optimizer.lr=0.1,0.01", "--wait")
+    assert_exit(result, 0)
+    assert done.is_set()
+    assert "waiting for a worker: none has claimed these jobs" in result.output
+    assert "deltaprop worker --until-empty" in result.output and "leaderboard" in result.output

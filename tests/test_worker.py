@@ -578,3 +578,24 @@ def test_a_stalled_worker_does_not_fail_its_job(tmp_path, configs, refs):
     assert "lease lost" in a.output(), a.output()
     _assert_same_run(run_dir, refs(21, STALL), STALL)
     q.close()
+
+
+@pytest.mark.fault
+def test_sighup_drains_like_sigterm(tmp_path, configs):
+    """The terminal a worker runs in closes (SIGHUP): its job checkpoints and goes back to the
+    queue without spending an attempt, instead of dying with the worker."""
+    home = tmp_path / "home"
+    job_id = _submit(home, configs(4, LONG), "hangup")
+    q = Queue(home, create=False)
+    run_dir = q.get(job_id).run_dir
+    worker = Worker(home, tmp_path / "worker.log")
+    pid = _pause_job(worker, run_dir)
+    worker.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: _sigterm_pending(pid), 600, "the worker to pass SIGTERM on", proc=worker)
+    os.kill(pid, signal.SIGCONT)
+    assert worker.wait(timeout=600) == 0, worker.output()
+    assert "SIGHUP: draining 1 running job(s)" in worker.output()
+    job = q.get(job_id)
+    assert (job.status, job.attempts) == ("queued", 0)
+    assert _checkpoints(run_dir) and "stopped by SIGTERM" in Path(run_dir, "log.txt").read_text()
+    q.close()

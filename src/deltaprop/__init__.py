@@ -8,6 +8,14 @@ Public API (kept light: Numba is imported only when a kernel is needed):
 
 __version__ = "0.1.0"
 
+import os as _os  # noqa: E402
+
+from ._system import numba_cache_dir as _numba_cache_dir  # noqa: E402
+
+# Before anything imports Numba: one compile cache whoever runs deltaprop (make run, the tests, the
+# CLI, a job process), unless the user chose one.
+_os.environ.setdefault("NUMBA_CACHE_DIR", str(_numba_cache_dir()))
+
 from .plugins.activation import Activation  # noqa: E402
 from .plugins.hookspecs import hookimpl  # noqa: E402
 

@@ -3,7 +3,8 @@
     cores()              CPUs this process may run on (its affinity mask, else the CPU count)
     memory_bytes()       physical memory
     home()               DELTAPROP_HOME: the job queue and default run directories (./deltaprop-runs)
-    kernel_cache_dir()   where generated kernel modules and their Numba cache live
+    numba_cache_dir()    where Numba caches compiled code (one place for make run, tests and the CLI)
+    kernel_cache_dir()   where generated kernel modules live (inside it)
     data_cache_dir()     where decompressed datasets are cached (None: caching off)
     atomic_write(path, data)   the one way a file is replaced (see its docstring)
     catch_signals(on_signal)   SIGINT/SIGTERM as a callback (a run checkpoints, then stops)
@@ -40,10 +41,15 @@ def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")) / "deltaprop"
 
 
+def numba_cache_dir() -> Path:
+    """Where Numba caches compiled code: $NUMBA_CACHE_DIR, else ~/.cache/deltaprop/numba (deltaprop
+    sets that default when it is imported, so `make run`, `make test` and the CLI share one cache)."""
+    return Path(os.environ.get("NUMBA_CACHE_DIR") or _user_cache() / "numba")
+
+
 def kernel_cache_dir() -> Path:
-    """$NUMBA_CACHE_DIR/deltaprop when NUMBA_CACHE_DIR is set, else ~/.cache/deltaprop/kernels."""
-    base = os.environ.get("NUMBA_CACHE_DIR")
-    return Path(base) / "deltaprop" if base else _user_cache() / "kernels"
+    """The generated kernel modules: inside the Numba cache, so they move with it."""
+    return numba_cache_dir() / "deltaprop"
 
 
 def data_cache_dir() -> Path | None:

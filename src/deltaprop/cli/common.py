@@ -12,6 +12,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False
 console = Console(highlight=False, soft_wrap=True, markup=False)
 
 
+HELP = {"help_option_names": ["-h", "--help"]}  # every command takes -h too
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
 
 

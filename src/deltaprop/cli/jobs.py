@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import console, handle_errors
+from .common import HELP, console, handle_errors
 
-app = typer.Typer(help="The job queue: list, show, logs, cancel, retry.", no_args_is_help=True)
+app = typer.Typer(help="The job queue: list, show, logs, cancel, retry.", no_args_is_help=True, context_settings=HELP)
 
+NO_WORKER_HINT_S = 10.0
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim"}
 
 
@@ -86,7 +87,13 @@ def sweep(
            for point in points]
     console.print(f"submitted {len(ids)} jobs: {' '.join(map(str, ids))}")
     if wait:
-        while any(queue.get(i).status in ("queued", "running") for i in ids):
+        t0, hinted = time.monotonic(), False
+        while any((states := [queue.get(i).status for i in ids]).count(s) for s in ("queued", "running")):
+            if not hinted and time.monotonic() - t0 > NO_WORKER_HINT_S and "running" not in states:
+                hinted = True
+                console.print(f"waiting for a worker: none has claimed these jobs in {NO_WORKER_HINT_S:g} s. Start "
+                              f"one (in another terminal, with the same DELTAPROP_HOME={queue.home}): "
+                              "deltaprop worker --until-empty")
             time.sleep(1.0)
         _leaderboard([queue.get(i) for i in ids])
 
@@ -120,15 +127,26 @@ def list_(
     if json_:
         print(json.dumps([j.__dict__ for j in jobs]))
         return
+    if not jobs:
+        console.print(f"no {status} jobs" if status else "no jobs")
+        return
+    columns = ("id", "name", "status", "attempts", "created", "run dir", "error")
+    rows = [(str(j.id), j.name, j.status, f"{j.attempts}/{j.max_attempts}", _when(j.created_at), j.run_dir,
+             j.error or "") for j in jobs]
+    if not console.is_terminal:  # piped: whole lines, tab-separated, nothing cut to fit a width
+        for row in [columns, *rows]:
+            print("\t".join(row))
+        return
     from rich.table import Table
     from rich.text import Text
-    table = Table("id", "name", "status", "attempts", "created", "run dir", "error")
-    for j in jobs:
-        style = STATUS_STYLE[j.status]
-        table.add_row(str(j.id), j.name, Text(j.status, style=style), f"{j.attempts}/{j.max_attempts}",
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)), j.run_dir,
-                      j.error or "")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*row[:2], Text(row[2], style=STATUS_STYLE[row[2]]), *row[3:])
     console.print(table)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
 
 @app.command()
@@ -136,7 +154,10 @@ def list_(
 def show(job_id: Annotated[int, typer.Argument(help="Job id.")]):
     """One job: state, attempts, run directory, last metrics."""
     job = _queue(readonly=True).get(job_id)
-    print(json.dumps(job.__dict__, indent=2))
+    shown = dict(job.__dict__)
+    for key in ("created_at", "started_at", "finished_at", "lease_until"):  # seconds since 1970 -> dates
+        shown[key] = _when(shown[key]) or None
+    print(json.dumps(shown, indent=2))
     from ..io.rundir import RunDir
     history = RunDir(job.run_dir).read_metrics()
     if history:

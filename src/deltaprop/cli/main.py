@@ -1,11 +1,29 @@
 """The `deltaprop` command: joins the command modules. Heavy imports happen inside commands."""
 
+from typing import Annotated
+
 import typer
 
 from . import evaluate, jobs, plugins, train
+from .common import HELP
 
 app = typer.Typer(help="deltaprop: fast, reproducible MLP training on CPUs.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, context_settings=HELP)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+        print(f"deltaprop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """deltaprop: fast, reproducible MLP training on CPUs."""
+
+
 app.command()(train.train)
 app.command()(train.resume)
 app.command()(evaluate.evaluate)

@@ -5,9 +5,10 @@ from typing import Annotated
 
 import typer
 
-from .common import console, handle_errors
+from .common import HELP, console, handle_errors
 
-app = typer.Typer(help="Activation plugins: list them, check their derivatives.", no_args_is_help=True)
+app = typer.Typer(help="Activation plugins: list them, check their derivatives.", no_args_is_help=True,
+                  context_settings=HELP)
 
 
 @app.command("list")

@@ -15,12 +15,19 @@ from .common import console
 
 
 def _fmt(metrics: dict) -> str:
-    keys = [k for k in metrics if k not in ("epoch", "step")]
     parts = []
-    for k in keys:
-        v = metrics[k]
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    for k, v in metrics.items():
+        if k in ("epoch", "step"):
+            continue
+        if k == "samples_per_s":
+            parts.append(f"{k}={v:,.0f}")  # as the progress bar shows it
+        else:
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return " ".join(parts)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'s' if n != 1 else ''}"
 
 
 class PlainReporter(Reporter):
@@ -33,7 +40,7 @@ class PlainReporter(Reporter):
     def start(self, run_dir, epochs, steps_per_epoch, resumed):
         self.epochs = epochs
         how = f"resuming from {resumed}" if resumed else "starting"
-        self._print(f"run {run_dir}: {how}; {epochs} epochs of {steps_per_epoch} steps")
+        self._print(f"run {run_dir}: {how}; {plural(epochs, 'epoch')} of {plural(steps_per_epoch, 'step')}")
 
     def epoch_end(self, metrics):
         self._print(f"epoch {metrics['epoch']}/{self.epochs} " + _fmt(metrics))

@@ -12,7 +12,8 @@ def _summary(result) -> None:
     last = result.metrics[-1] if result.metrics else {}
     parts = [f"{k}={last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "test_loss",
                                              "test_accuracy", "test_mse") if k in last]
-    console.print(f"done: {result.run_dir} after {len(result.metrics)} epochs"
+    n = len(result.metrics)
+    console.print(f"done: {result.run_dir} after {n} epoch{'s' if n != 1 else ''}"
                   + (" (stopped early)" if result.stopped_early else "") + ("; " + " ".join(parts) if parts else ""))
     from ..io.rundir import RunDir
     console.print(f"model: {RunDir(result.run_dir).model_path}")

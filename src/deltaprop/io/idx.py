@@ -9,8 +9,8 @@ the source's path, size and mtime. The cache is best-effort: unwritable or corru
 from __future__ import annotations
 
 import gzip
-import math
 import hashlib
+import math
 import zlib
 from pathlib import Path
 

@@ -161,6 +161,25 @@ class RunDir:
         """log.txt for appending (binary): a job's output, one attempt after another."""
         return open(self.log_path, "ab")
 
+    def attempt_header(self, attempt: int, max_attempts: int, where: str) -> str:
+        """The line that opens an attempt's output in log.txt, numbered over the whole log (the
+        queue's count restarts at `jobs retry`; the log's does not)."""
+        try:
+            text = b"\n" + self.log_path.read_bytes()
+        except OSError:
+            text = b""
+        n = text.count(b"\n--- attempt ")
+        since = f", try {attempt}/{max_attempts} since the last retry" if n + 1 != attempt else ""
+        return f"--- attempt {n + 1} on {where}{since} ---\n"
+
+    def append_log(self, line: str) -> None:
+        """A line of the worker's own in the job's log (why an attempt ended)."""
+        try:
+            with self.open_log() as f:
+                f.write(line.encode() + b"\n")
+        except OSError:
+            pass
+
     def log_tail(self, lines: int = 3) -> str:
         """The last lines of log.txt joined by ' / ' (why an attempt failed)."""
         try:

@@ -256,7 +256,9 @@ class Queue:
             elif job.status == "running":
                 db.execute("UPDATE jobs SET cancel=1 WHERE id=?", (job_id,))
             else:
-                raise QueueError(f"job {job_id} is already {job.status}")
+                done = {"succeeded": "has already succeeded", "failed": "has already failed",
+                        "cancelled": "is already cancelled"}[job.status]
+                raise QueueError(f"job {job_id} {done}: nothing to cancel")
         return self.get(job_id)
 
     def retry(self, job_id: int) -> Job:

@@ -21,13 +21,15 @@ from ..io.rundir import RunDir
 from .worker import _die_with_parent, job_command, job_env
 
 
-def _run_job(run_dir: str, threads: int, attempt: int) -> int:
+def _run_job(run_dir: str, threads: int, attempt: int, max_attempts: int) -> int:
     """Body of the Ray task: the job in a child process; SIGTERM to it if the task is cancelled."""
     import ray
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)  # what Ray granted the task
-    with RunDir(run_dir).open_log() as log:
-        log.write(f"--- attempt {attempt} on ray node {socket.gethostname()} pid {os.getpid()}, "
-                  f"num_cpus {cpus:g} ---\n".encode())
+    rd = RunDir(run_dir)
+    header = rd.attempt_header(attempt, max_attempts, f"ray node {socket.gethostname()} pid {os.getpid()}, "
+                               f"num_cpus {cpus:g}")
+    with rd.open_log() as log:
+        log.write(header.encode())
         log.flush()
         proc = subprocess.Popen(job_command(run_dir, threads), stdout=log, stderr=subprocess.STDOUT,
                                 env=job_env(threads), preexec_fn=_die_with_parent)
@@ -90,7 +92,7 @@ class RayExecutor:
         return max(1, int(max(cpus, default=1)))
 
     def start(self, job, threads: int):
-        return self.task.options(num_cpus=threads).remote(job.run_dir, threads, job.attempts)
+        return self.task.options(num_cpus=threads).remote(job.run_dir, threads, job.attempts, job.max_attempts)
 
     def poll(self, ref) -> int | None:
         ready, _ = self.ray.wait([ref], timeout=0)

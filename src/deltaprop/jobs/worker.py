@@ -9,8 +9,8 @@ among the concurrent jobs (Numba threads per job; BLAS stays single-threaded), s
 never oversubscribes; a concurrency above the core count is capped to it, with a warning. A job
 whose run directory is missing is failed, not retried. The worker renews each job's lease by
 heartbeat; if a lease is lost (the queue gave the job to someone else) the job is killed.
-SIGTERM/SIGINT drain: running jobs get SIGTERM, checkpoint, and go back to the queue without
-spending an attempt.
+SIGTERM, SIGINT and SIGHUP drain: running jobs get SIGTERM, checkpoint, and go back to the queue
+without spending an attempt.
 """
 
 import os
@@ -60,8 +60,10 @@ class LocalExecutor:
         return cores()
 
     def start(self, job: Job, threads: int):
-        log = RunDir(job.run_dir).open_log()
-        log.write(f"--- attempt {job.attempts} on {socket.gethostname()} pid {os.getpid()} ---\n".encode())
+        rd = RunDir(job.run_dir)
+        header = rd.attempt_header(job.attempts, job.max_attempts, f"{socket.gethostname()} pid {os.getpid()}")
+        log = rd.open_log()
+        log.write(header.encode())
         log.flush()
         proc = subprocess.Popen(job_command(job.run_dir, threads), stdout=log, stderr=subprocess.STDOUT,
                                 env=job_env(threads), start_new_session=True, preexec_fn=_die_with_parent)
@@ -112,7 +114,9 @@ class Worker:
     def run(self, until_empty: bool = False, poll_s: float = 0.5) -> None:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # SIGHUP too: a worker whose terminal closes drains like one that is told to stop,
+            # instead of dying and taking its jobs (uncheckpointed, an attempt spent) with it
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         try:
             self._loop(until_empty, poll_s)
@@ -190,8 +194,12 @@ class Worker:
                 status, error = "succeeded", None
             elif r.cancelled:
                 status, error = "cancelled", "cancelled by user"
+                RunDir(r.job.run_dir).append_log(f"--- job {job_id} cancelled by `deltaprop jobs cancel`; "
+                                                 f"`deltaprop jobs retry {job_id}` continues it from its checkpoint")
             elif r.draining:
                 self.queue.release(r.job)
+                RunDir(r.job.run_dir).append_log("--- returned to the queue (the worker was stopped); the next "
+                                                 "attempt continues from the checkpoint")
                 self.log(f"job {job_id}: checkpointed and returned to the queue")
                 continue
             else:

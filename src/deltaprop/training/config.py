@@ -9,7 +9,7 @@ directory; `config_from_dict` reads it back.
 """
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     train: str = "fashion-mnist:train"
-    test: str = "fashion-mnist:test"  # "" for none
+    test: str = "fashion-mnist:test"  # "" for none; left out: the named dataset's test split, else none
     validation_fraction: float = option(0.0, ge=0.0, lt=1.0)
     scale: str = option("auto", choices=("auto", "none", "unit", "standardize"))
     label_column: str = "label"  # for .csv
@@ -152,6 +152,9 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: {section} must be a table ([{section}])")
         sections[section] = build_section(SECTIONS[section], values, source, section)
+    data = sections.get("data")
+    if data is not None and "test" not in raw["data"] and not data.train.startswith("fashion-mnist:"):
+        sections["data"] = replace(data, test="")  # the user's own file: no test set unless named
     config = Config(**sections)
     _check_whole(config, source)
     return config

@@ -37,6 +37,11 @@ class Model:
     config: dict = field(default_factory=dict)
     _engine: object = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        """A summary, not ~15 KB of weights."""
+        return (f"Model(sizes={self.sizes}, activations={self.activations}, loss={self.loss!r}, "
+                f"dtype={self.dtype!r}, parameters={self.theta.size:,}, scale={self.scale!r})")
+
     # ---- computing -----------------------------------------------------------------------
     def engine(self, threads: int = 0):
         if self._engine is None:

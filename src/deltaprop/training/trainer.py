@@ -20,57 +20,27 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .._system import catch_signals
 from ..compute.engine import Engine, OptimizerSpec
+from ..compute.warmup import compile_kernels
 from ..errors import CheckpointError, ConfigError, TrainingFailed, WriteError
 from ..io.datasets import is_memory_mapped
 from ..io.rundir import NullRunDir, RunDir
 from .checkpoint import check_plugins, checkpoint_contents, restore
 from .config import Config, read_run_config
 from .early_stopping import EarlyStopping
-from .model import Model
 from .order import EpochOrder, prefetch_blocks
 from .prepare import Prepared, prepare
+from .run import Reporter, RunResult, Start  # noqa: F401  (Start: re-exported)
 from .schedule import Schedule
 from .state import State
 from .threads import ThreadTuner
 
 CHUNK_SECONDS = 0.25
-
-
-class Reporter:
-    """Progress callbacks; this base class is silent (the CLI draws bars or lines)."""
-
-    def start(self, run_dir: Path | None, epochs: int, steps_per_epoch: int, resumed: str | None): ...
-    def epoch_start(self, epoch: int, steps: int, done: int): ...
-    def advance(self, steps: int, loss: float, accuracy: float | None, samples_per_s: float): ...
-    def epoch_end(self, metrics: dict): ...
-    def note(self, text: str): ...
-
-
-@dataclass
-class RunResult:
-    run_dir: Path | None
-    metrics: list[dict]
-    model: Model
-    stopped_early: bool = False
-    state: "State | None" = None  # where the run ended (step, RNG state, early-stopping state)
-    opt_state: np.ndarray | None = None  # (2, P) optimizer state after the last step
-
-
-@dataclass
-class Start:
-    """Where a run without a checkpoint starts: a previous run's weights and optimizer."""
-
-    theta: np.ndarray  # flat parameters (compute/layout.py)
-    opt_state: np.ndarray | None = None  # (2, P); None: fresh
-    step: int = 0  # optimizer steps already taken (Adam's bias correction continues from it)
-    rng: dict | None = None  # shuffling RNG state to continue from; None: from the seed
 
 
 class Interrupted(TrainingFailed):
@@ -126,6 +96,23 @@ class Trainer:
             if s.opt_state is not None:
                 self.opt_state[:] = s.opt_state
             self.state.step = s.step
+
+    def _compile(self) -> None:
+        """This run's kernels compiled (or loaded from the cache) before the first step, visibly and
+        interruptibly (compute/warmup.py): zero-step and one-row calls with the loop's own types."""
+        c, m = self.config, self.prep.model
+        split = self.prep.val or self.prep.test
+
+        def work():
+            self.engine.run_steps(self.prep.X, m.mean, m.inv_std, self.prep.y, self.prep.train_idx, 0, 0,
+                                  self.batch, self.theta, self.grad, self.opt, self.opt_state, self.schedule.lrs(0, 0),
+                                  0, seed=c.training.seed, dropout=c.model.dropout_rates() + [0.0],
+                                  clip=c.training.clip_grad_norm)
+            if split is not None:
+                self.engine.predict(split.X[:1], m.mean, m.inv_std, self.theta)
+
+        compile_kernels(work, what=f"{', '.join(dict.fromkeys(m.activations))}, {m.dtype}", note=self.reporter.note,
+                        dispatchers=(self.engine.kernels.run_steps, self.engine.kernels.predict))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _diverged(self, step: int, what: str, lr: float) -> TrainingFailed:
@@ -193,6 +180,7 @@ class Trainer:
         if resume:
             check_plugins(self.rundir, self.registry)  # before loading data: names plugin and version
         self._setup()
+        self._compile()
         found = self._newest_checkpoint() if resume else None
         if found is None:
             if resume:
