@@ -445,7 +445,7 @@ def test_files_written_by_the_hand_written_writer_still_load_predict_and_resume(
     from deltaprop.api import read_config
     from deltaprop.io.rundir import RunDir
     from deltaprop.training.model import load_model
-    from deltaprop.training.trainer import resume_run, train_run
+    from deltaprop.training.runs import resume_run, train_run
     X = np.load(FORMAT_V1 / "data.npz")["X"]
     model = load_model(FORMAT_V1 / "model.safetensors")
     np.testing.assert_allclose(model.predict_proba(X), np.load(FORMAT_V1 / "expected_proba.npy"), atol=1e-6)

@@ -463,7 +463,7 @@ def test_rich_progress_bar_shows_loss_accuracy_and_throughput(data, tmp_path):
 
     from deltaprop.api import read_config
     from deltaprop.cli.progress import RichReporter
-    from deltaprop.training.trainer import train_run
+    from deltaprop.training.runs import train_run
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, force_terminal=True, width=150))
     try:

@@ -46,7 +46,7 @@ def test_a_long_runs_checkpoint_header_does_not_grow(tmp_path, tiny):
     rd.model_path.unlink()
     with open(rd.metrics_path, "a") as f:
         f.write('{"epoch": 300, "trunc')  # a line cut short by a kill
-    from deltaprop.training.trainer import resume_run
+    from deltaprop.training.runs import resume_run
     resumed = resume_run(rd.path)
     assert [m["loss"] for m in resumed.metrics] == [m["loss"] for m in long.metrics]
     assert np.array_equal(resumed.model.theta, long.model.theta)

@@ -332,7 +332,7 @@ def test_swish_is_listed_with_its_distribution(monkeypatch):
 def test_swish_trains_and_is_recorded_in_the_model(tmp_path, tiny_config, monkeypatch):
     from deltaprop.api import read_config
     from deltaprop.training.model import load_model
-    from deltaprop.training.trainer import train_run
+    from deltaprop.training.runs import train_run
 
     reg = load_registry()
     cfg = read_config(tiny_config, ['model.activation="swish"'])

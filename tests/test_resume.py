@@ -20,7 +20,7 @@ import pytest
 from deltaprop.api import read_config
 from deltaprop.io.checkpoints import list_checkpoints
 from deltaprop.io.safetensors import read_safetensors
-from deltaprop.training.trainer import train_run
+from deltaprop.training.runs import train_run
 
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))
 

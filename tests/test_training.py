@@ -225,13 +225,15 @@ def test_negative_weight_decay_is_rejected(value):
 def test_unset_weight_decay_keeps_torch_defaults_through_the_run_config():
     """Unset: 0 for sgd/adam, 0.01 for adamw, also after config.toml is written and read back."""
     import tomllib
+    from dataclasses import replace
 
     from deltaprop.training.config import config_from_dict
     for name, expect in [("sgd", 0.0), ("adam", 0.0), ("adamw", 0.01)]:
         c = config_from_dict({"optimizer": {"name": name}})
         assert c.optimizer.resolved_weight_decay() == expect
-        again = config_from_dict(tomllib.loads(c.to_toml()))
-        assert again == c and again.optimizer.resolved_weight_decay() == expect
+        again = config_from_dict(tomllib.loads(c.to_toml()))  # written resolved, not as a sentinel
+        assert again.optimizer.weight_decay == expect and again.optimizer.resolved_weight_decay() == expect
+        assert again == replace(c, optimizer=replace(c.optimizer, weight_decay=expect))
         explicit = config_from_dict({"optimizer": {"name": name, "weight_decay": 0.0}})
         assert explicit.optimizer.resolved_weight_decay() == 0.0
 

@@ -15,7 +15,8 @@ from ._system import home
 from .training.config import Config, config_from_dict, load_config, merge_overrides
 from .training.model import load_model  # noqa: F401  (re-exported)
 from .training.prepare import resolve_data_spec
-from .training.trainer import RunResult, train_run
+from .training.run import RunResult
+from .training.runs import train_run
 
 
 def resolve_paths(config: Config, config_dir: Path | None) -> Config:

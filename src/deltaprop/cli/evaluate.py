@@ -53,15 +53,23 @@ def evaluate(
 def predict(
     model: Annotated[Path, typer.Argument(help="A run directory or a .safetensors model.")],
     data: Annotated[str, typer.Option(help="Dataset spec (labels not needed).")],
-    output: Annotated[Path, typer.Option(help="Where to write the .npy predictions.")],
+    output: Annotated[Path, typer.Option(help="Where to write the predictions: a .npy or .csv file.")],
     classes: Annotated[bool, typer.Option("--classes", help="Write class labels instead of probabilities.")] = False,
 ):
-    """Write class probabilities (or labels with --classes) or regression outputs to a .npy file."""
+    """Write class probabilities (or labels with --classes) or regression outputs to .npy or .csv."""
     import numpy as np
 
     from .._system import atomic_write
+    from ..errors import DeltapropError
+    suffix = output.suffix.lower()
+    if suffix not in (".npy", ".csv"):
+        raise DeltapropError(f"--output {output}: use a .npy or a .csv file name (what to write is told by it)")
     m, ds = _load(model, data, False)
     out = m.predict(ds.X, ds.source) if classes else m.predict_proba(ds.X, ds.source)
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, lambda f: np.save(f, out))
+    if suffix == ".csv":  # one row per input row; labels as integers, outputs with full float32 precision
+        atomic_write(output, lambda f: np.savetxt(f, out.reshape(len(out), -1), delimiter=",",
+                                                  fmt="%d" if classes else "%.9g"))
+    else:
+        atomic_write(output, lambda f: np.save(f, out))
     console.print(f"wrote {output}: {out.shape} {'labels' if classes else 'outputs'}")

@@ -42,7 +42,7 @@ def train(
 ):
     """Train a model in the foreground and write the run directory."""
     from ..api import default_run_dir, read_config
-    from ..training.trainer import train_run
+    from ..training.runs import train_run
     cfg = read_config(config, set_ or [])
     result = _run(train_run, cfg, run_dir or default_run_dir(config.stem), threads=threads)
     _summary(result)
@@ -52,10 +52,12 @@ def train(
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
     threads: Threads = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Train to this many epochs instead of the "
+                                                  "configured number (a finished run too); recorded in config.toml.")] = None,
     wait_for_lock: Annotated[bool, typer.Option("--wait-for-lock", help="If another process is training "
                                                 "this run, wait for it to end instead of failing.")] = False,
 ):
     """Continue a run from its newest valid checkpoint to the configured end."""
-    from ..training.trainer import resume_run
-    result = _run(resume_run, run_dir, threads=threads, wait_for_lock=wait_for_lock)
+    from ..training.runs import resume_run
+    result = _run(resume_run, run_dir, threads=threads, wait_for_lock=wait_for_lock, epochs=epochs)
     _summary(result)

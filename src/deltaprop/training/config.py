@@ -125,8 +125,11 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
-        return {f.name: {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in asdict(getattr(self, f.name)).items()} for f in fields(self)}
+        """Every key's value; optimizer.weight_decay resolved (torch's default for the optimizer)."""
+        d = {f.name: {k: (list(v) if isinstance(v, tuple) else v)
+                      for k, v in asdict(getattr(self, f.name)).items()} for f in fields(self)}
+        d["optimizer"]["weight_decay"] = self.optimizer.resolved_weight_decay()
+        return d
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -209,6 +212,13 @@ def merge_overrides(raw: dict, overrides) -> dict:
     merged = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items()}
     for text in overrides or ():
         section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {text!r}: unknown section [{section}]{suggest(section, SECTIONS)}; "
+                              f"valid sections: {', '.join(SECTIONS)}")
+        keys = [f.name for f in fields(SECTIONS[section])]
+        if key not in keys:
+            raise ConfigError(f"--set {text!r}: unknown key {section}.{key}{suggest(key, keys)}; "
+                              f"valid keys in [{section}]: {', '.join(keys)}")
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(f"--set {text!r}: {section} is not a section")

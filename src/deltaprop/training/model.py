@@ -203,6 +203,10 @@ def resolve_model_path(path: Path) -> Path:
         found = rd.checkpoints()
         if found:
             return found[-1]
+        if rd.config_path.is_file():
+            raise CheckpointError(f"{path} holds a run's config.toml but no model or checkpoint yet: its "
+                                  f"training failed or stopped before the first checkpoint (`deltaprop resume "
+                                  f"{path}` trains it)")
         raise CheckpointError(f"{path} is a directory without model.safetensors or checkpoints/: "
                               "not a deltaprop run directory")
     if not path.exists():

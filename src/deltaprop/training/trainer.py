@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError, TrainingFailed, WriteError
 from ..io.datasets import is_memory_mapped
 from ..io.rundir import NullRunDir, RunDir
 from .checkpoint import check_plugins, checkpoint_contents, restore
-from .config import Config, read_run_config
+from .config import Config
 from .early_stopping import EarlyStopping
 from .order import EpochOrder, prefetch_blocks
 from .prepare import Prepared, prepare
@@ -51,13 +51,14 @@ class Trainer:
     def __init__(self, config: Config, rundir: RunDir | None = None, *, registry=None,
                  reporter: Reporter | None = None, stop_requested=None, arrays: tuple | None = None,
                  n_outputs: int | None = None, source: str = "arrays", start: Start | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, extend: bool = False):
         """`threads`: Numba threads (None: training.threads; 0: all cores, tuned while running)."""
         from ..plugins.manager import get_registry
         self.config = config
         self.rundir = rundir if rundir is not None else NullRunDir()
         self.arrays, self.n_outputs, self.source, self.start = arrays, n_outputs, source, start
         self.threads = config.training.threads if threads is None else threads
+        self.extend = extend  # resume to a different training.epochs (config.toml is rewritten)
         self.registry = registry or get_registry()
         self.reporter = reporter or Reporter()
         self.stop_requested = stop_requested or (lambda: None)
@@ -188,6 +189,11 @@ class Trainer:
             self.state.epoch_rng = self.order.initial_state()
             if self.start is not None and self.start.rng is not None:
                 self.state.epoch_rng = self.start.rng
+        if self.extend:
+            self._extend()
+        elif self.state.finished:
+            self.reporter.note(f"nothing to do: the run has finished (epoch {self.state.epoch}); "
+                               f"`deltaprop resume {self.rundir.path} --epochs N` trains it further")
         self.rundir.remove_stale_temps()
         self.rundir.write_metrics(self.state.history)  # the history up to the restored checkpoint
         self.reporter.start(self.rundir.path, self.config.training.epochs, self.steps_per_epoch,
@@ -200,6 +206,19 @@ class Trainer:
             raise TrainingFailed(f"{exc}. The run stopped at epoch {self.state.epoch + 1}, step "
                                  f"{self.state.step}; its last good checkpoint is kept. Free some space "
                                  f"and continue with: deltaprop resume {self.rundir.path}") from None
+
+    def _extend(self) -> None:
+        """Resume to a new epoch count: refuse fewer epochs than trained, reopen a run that ended
+        at its old last epoch (not one that stopped early), record the new count."""
+        st, epochs, es = self.state, self.config.training.epochs, self.config.early_stopping
+        if st.epoch > epochs:
+            raise ConfigError(f"--epochs {epochs}: the run has already trained {st.epoch} epochs")
+        if st.finished and es.patience and st.bad_epochs >= es.patience:
+            self.reporter.note(f"nothing to do: the run stopped early at epoch {st.epoch} "
+                               f"({es.monitor} had stopped improving)")
+        elif st.epoch < epochs:
+            st.finished = False
+        self.rundir.write_config(self.config.to_toml())
 
     def _on_signal(self, signum: int) -> None:
         self._signal = signum
@@ -303,25 +322,3 @@ class Trainer:
             raise Interrupted(where)
         raise Interrupted(f"{where}; checkpoint written to {path}. Continue with: deltaprop resume "
                           f"{self.rundir.path}")
-
-
-def train_run(config: Config, run_dir: Path, **kwargs) -> RunResult:
-    """Start a new run in `run_dir` (which must not hold one already)."""
-    rundir = RunDir(run_dir)
-    try:
-        rundir.path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {rundir.path}: {exc.strerror or exc}") from None
-    with rundir.lock():  # before config.toml is looked at or written
-        if rundir.holds_run():
-            raise ConfigError(f"run directory {rundir.path} already holds a run: continue it with "
-                              f"`deltaprop resume {rundir.path}` or choose another --run-dir")
-        rundir.write_config(config.to_toml())
-        return Trainer(config, rundir, **kwargs)._run(False)
-
-
-def resume_run(run_dir: Path, wait_for_lock: bool = False, **kwargs) -> RunResult:
-    """Continue a run from its newest valid checkpoint to the configured end (`wait_for_lock`:
-    if another process trains it, wait for that one to end instead of failing)."""
-    rundir = RunDir(run_dir)
-    return Trainer(read_run_config(rundir), rundir, **kwargs).run(resume=True, wait_for_lock=wait_for_lock)

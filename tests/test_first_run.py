@@ -1,0 +1,143 @@
+"""The first ten minutes of a new user (the README alone, their own data): defaults that fit
+their files, runs that can be extended, messages that say what happened, one compile cache."""
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures.cli import assert_exit, cli
+
+import deltaprop
+from deltaprop.io.rundir import RunDir
+from deltaprop.training.config import config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def mine(tmp_path):
+    """The user's own data: 12 features, 3 classes, in an .npz."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(240, 12)).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", X=X, y=(X @ rng.normal(size=(12, 3))).argmax(1))
+    return tmp_path / "mine.npz"
+
+
+def _config(tmp_path, data, *extra):
+    p = tmp_path / "c.toml"
+    p.write_text(f'[model]\nhidden = [8]\n[data]\ntrain = "{data}"\n[training]\nepochs = 2\nbatch_size = 32\n'
+                 + "".join(extra))
+    return p
+
+
+def test_own_training_file_has_no_test_set_unless_named(tmp_path, mine):
+    """`train = "mine.npz"` with nothing else in [data] once failed: the test split defaulted to
+    fashion-mnist:test (784 features against the user's 12)."""
+    assert config_from_dict({"data": {"train": "mine.npz"}}).data.test == ""
+    assert config_from_dict({}).data.test == "fashion-mnist:test"
+    assert config_from_dict({"data": {"train": "fashion-mnist:train"}}).data.test == "fashion-mnist:test"
+    assert config_from_dict({"data": {"train": "mine.npz", "test": "t.npz"}}).data.test == "t.npz"
+    r = cli("train", _config(tmp_path, mine), "--run-dir", tmp_path / "run")
+    assert_exit(r, 0)
+    assert "test_accuracy" not in RunDir(tmp_path / "run").read_metrics()[-1]
+
+
+def test_resume_epochs_trains_a_finished_run_further(tmp_path, mine):
+    """`resume --epochs N` extends a finished run (it was "No such option", and editing config.toml
+    silently stopped at the old count); the result is the N-epoch run's, fewer epochs than trained
+    are refused, and a finished run without --epochs says there is nothing to do."""
+    cfg = _config(tmp_path, mine)
+    assert_exit(cli("train", cfg, "--run-dir", tmp_path / "run"), 0)
+    r = cli("resume", tmp_path / "run")
+    assert_exit(r, 0)
+    assert "nothing to do: the run has finished" in r.output and "--epochs N" in r.output
+    r = cli("resume", tmp_path / "run", "--epochs", "4")
+    assert_exit(r, 0)
+    rd = RunDir(tmp_path / "run")
+    assert [m["epoch"] for m in rd.read_metrics()] == [1, 2, 3, 4]
+    assert tomllib.loads(rd.config_path.read_text())["training"]["epochs"] == 4
+    whole = deltaprop.train(cfg, run_dir=tmp_path / "whole", training__epochs=4)
+    assert np.array_equal(deltaprop.load_model(rd.path).theta, whole.model.theta)
+    r = cli("resume", tmp_path / "run", "--epochs", "3")
+    assert_exit(r, 2)
+    assert "--epochs 3: the run in" in r.output and "has already trained 4 epochs" in r.output
+
+
+def test_predict_writes_csv_when_asked_and_refuses_other_names(tmp_path, mine):
+    assert_exit(cli("train", _config(tmp_path, mine), "--run-dir", tmp_path / "run"), 0)
+    assert_exit(cli("predict", tmp_path / "run", "--data", mine, "--output", tmp_path / "p.csv", "--classes"), 0)
+    labels = np.loadtxt(tmp_path / "p.csv", delimiter=",", dtype=np.int64)
+    assert labels.shape == (240,) and set(labels) <= {0, 1, 2}
+    assert_exit(cli("predict", tmp_path / "run", "--data", mine, "--output", tmp_path / "q.csv"), 0)
+    assert np.loadtxt(tmp_path / "q.csv", delimiter=",").shape == (240, 3)
+    r = cli("predict", tmp_path / "run", "--data", mine, "--output", tmp_path / "p.txt")
+    assert_exit(r, 2)
+    assert "use a .npy or a .csv file name" in r.output and not (tmp_path / "p.txt").exists()
+
+
+def test_messages_name_what_actually_happened(tmp_path, mine):
+    cfg = _config(tmp_path, mine)
+    r = cli("train", cfg, "--set", "optimiser.lr=0.1", "--run-dir", tmp_path / "x")
+    assert_exit(r, 2)
+    assert "--set 'optimiser.lr=0.1': unknown section [optimiser] (did you mean 'optimizer'?)" in r.output
+    assert str(cfg) not in r.output  # the file is not to blame
+    # a run directory whose training failed before a checkpoint
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace('train = "', 'train = "missing-'))
+    assert_exit(cli("train", bad, "--run-dir", tmp_path / "failed"), 2)
+    r = cli("evaluate", tmp_path / "failed", "--data", mine)
+    assert_exit(r, 2)
+    assert "holds a run's config.toml but no model or checkpoint yet" in r.output
+    # the resolved config holds the optimizer's real weight decay, not a sentinel
+    assert_exit(cli("train", cfg, "--run-dir", tmp_path / "run"), 0)
+    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["optimizer"]["weight_decay"] == 0.0
+    assert "after 2 epochs" in cli("resume", tmp_path / "run").output
+
+
+def test_version_short_help_and_a_short_model_repr(tmp_path, mine):
+    r = cli("--version")
+    assert_exit(r, 0)
+    assert r.output.strip() == f"deltaprop {deltaprop.__version__}"
+    for args in (["-h"], ["train", "-h"], ["jobs", "-h"], ["plugins", "list", "-h"]):
+        r = cli(*args)
+        assert_exit(r, 0)
+        assert "Usage:" in r.output
+    assert_exit(cli("train", _config(tmp_path, mine), "--run-dir", tmp_path / "run"), 0)
+    text = repr(deltaprop.load_model(tmp_path / "run"))
+    assert text.startswith("Model(sizes=[12, 8, 3]") and "parameters=131" in text and len(text) < 300
+
+
+def test_jobs_messages(tmp_path, mine, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_HOME", str(tmp_path / "home"))
+    from deltaprop.jobs.queue import Queue
+    q = Queue(tmp_path / "home")
+    r = cli("jobs", "list", "--status", "running")
+    assert_exit(r, 0)
+    assert r.output.strip() == "no running jobs"
+    job = q.submit("j", "[training]\nepochs = 1\n")
+    q.finish(q.claim("w", 60), "succeeded")
+    r = cli("jobs", "cancel", str(job.id))
+    assert_exit(r, 2)
+    assert f"job {job.id} has already succeeded: nothing to cancel" in r.output
+    rd = RunDir(job.run_dir)
+    assert rd.attempt_header(1, 3, "here") == "--- attempt 1 on here ---\n"
+    rd.log_path.write_text("--- attempt 1 on here ---\nboom\n--- attempt 2 on here ---\n")
+    assert rd.attempt_header(1, 3, "there") == "--- attempt 3 on there, try 1/3 since the last retry ---\n"
+    q.close()
+
+
+def test_one_compile_cache_for_make_run_make_test_and_the_cli(tmp_path):
+    """`make run` compiled into the checkout's .cache/numba, the CLI into the user's cache, so the
+    first direct `deltaprop train` compiled everything again: now deltaprop itself picks the one
+    place (unless NUMBA_CACHE_DIR says otherwise), and the Makefile does not override it."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "import deltaprop, os; from deltaprop._system import kernel_cache_dir; "
+                          "print(os.environ['NUMBA_CACHE_DIR']); print(kernel_cache_dir())"],
+                         env=env, capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == [str(tmp_path / "deltaprop" / "numba"), str(tmp_path / "deltaprop" / "numba" / "deltaprop")]
+    assert "NUMBA_CACHE_DIR" not in "\n".join(line for line in (ROOT / "Makefile").read_text().splitlines()
+                                              if not line.lstrip().startswith("#"))
