@@ -186,7 +186,16 @@ def test_wrong_derivative_through_the_cli(monkeypatch, tmp_path, tiny_config):
     assert_exit(cli("plugins", "check", "relu"), 0)
     r = cli("plugins", "list", "--json")
     assert_exit(r, 0)
-    assert {row["name"] for row in json.loads(r.stdout)} >= {"builtin", "swish", "bad_derivative"}
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) >= {"builtin", "swish", "bad_derivative"}
+    # the list shows the check's result (it showed a plain "ok")
+    check = rows["bad_derivative"]["checks"]["badcube"]
+    assert check["ok"] is False and check["worst_error"] > 0.1
+    assert all(c["ok"] for c in rows["builtin"]["checks"].values())
+    r = cli("plugins", "list")
+    words = " ".join(w for line in r.output.splitlines() for w in line.strip("│┃ ").split())
+    assert "derivative" in words and "wrong" in words and "badcube: off by" in words, r.output
+
 
 
 def test_broken_plugins_are_listed_by_the_cli(monkeypatch):
@@ -465,3 +474,19 @@ def test_fingerprint_is_the_same_in_another_process():
     assert there.stdout.split() == here
     assert b"_SQRT1_2', '0.7071067811865475'" in _fingerprint(builtin.gelu)
     assert b"'sigmoid'" in _fingerprint(builtin.silu) and b"0x" not in _fingerprint(builtin.silu)
+
+
+def test_a_model_with_a_wrong_derivative_activation_still_predicts(monkeypatch, tmp_path, tiny_config):
+    """evaluate/predict run forward only: they once refused such a model "refusing to train with it"."""
+    import numpy as np
+
+    from deltaprop.plugins.manager import load_registry as fresh
+    from deltaprop.training.model import load_model
+    cli("train", tiny_config, "--run-dir", tmp_path / "run")
+    model = load_model(tmp_path / "run")
+    model.activations = ["badcube", "identity"]  # as if trained with it
+    model.plugins = {"badcube": {"source": "fixture", "version": ""}}
+    use_registry(monkeypatch, fresh(extra=(("bad_derivative", fixture_module("bad_derivative")),)))
+    model._engine = None
+    out = model.predict_proba(np.zeros((3, model.sizes[0]), np.float32))
+    assert out.shape == (3, model.sizes[-1])

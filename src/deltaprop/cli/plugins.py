@@ -14,11 +14,21 @@ app = typer.Typer(help="Activation plugins: list them, check their derivatives."
 @app.command("list")
 @handle_errors
 def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """Every plugin with its source package, version, status and activations."""
+    """Every plugin with its source package, version, status, activations and derivative checks."""
+    from ..errors import PluginError
     from ..plugins.manager import get_registry
     reg = get_registry()
+
+    def checked(name):  # the derivative check, as training runs it
+        try:
+            r = reg.check(name)
+            return {"ok": r.ok, "worst_error": r.worst_error, "at": r.worst_at}
+        except PluginError as exc:
+            return {"ok": False, "error": str(exc)}
+
     rows = [{"name": p.name, "source": p.source, "version": p.version, "status": p.status,
-             "reason": p.reason, "activations": p.activations} for p in reg.plugins]
+             "reason": p.reason, "activations": p.activations,
+             "checks": {a: checked(a) for a in p.activations} if p.status == "ok" else {}} for p in reg.plugins]
     if json_:
         print(json.dumps(rows))
         return
@@ -26,9 +36,17 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
     from rich.text import Text
     table = Table("plugin", "package", "version", "status", "activations / reason")
     for r in rows:
-        status = Text("ok", style="green") if r["status"] == "ok" else Text("broken", style="red")
-        table.add_row(r["name"], r["source"], r["version"], status,
-                      ", ".join(r["activations"]) if r["status"] == "ok" else r["reason"])
+        failing = [a for a, c in r["checks"].items() if not c["ok"]]
+        if r["status"] != "ok":
+            status, text = Text("broken", style="red"), r["reason"]
+        elif failing:
+            status = Text("derivative wrong", style="red")
+            text = ", ".join(r["activations"]) + " (" + "; ".join(
+                f"{a}: off by {c['worst_error']:.3g} at x = {c['at']:.4g}" if "worst_error" in c else f"{a}: {c['error']}"
+                for a in failing for c in [r["checks"][a]]) + "; training refuses it, predict works)"
+        else:
+            status, text = Text("ok", style="green"), ", ".join(r["activations"])
+        table.add_row(r["name"], r["source"], r["version"], status, text)
     console.print(table)
 
 

@@ -45,7 +45,10 @@ class Engine:
     """A compiled MLP: sizes [n_in, h1, ..., n_out], one activation name per dense layer (the
     last is the output activation: 'identity' for cross-entropy)."""
 
-    def __init__(self, sizes, activations, loss, dtype, registry: Registry, threads: int = 0):
+    def __init__(self, sizes, activations, loss, dtype, registry: Registry, threads: int = 0,
+                 training: bool = True):
+        """`training=False`: forward only (predict, evaluate), so an activation whose derivative fails
+        its check is usable: the derivative is never called."""
         from .factory import network_kernels
 
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -57,7 +60,7 @@ class Engine:
         self.loss_kind = LOSSES[loss]
         self.dtype = np.dtype(dtype)
         names = sorted(set(self.activations) | {"identity"})
-        acts = tuple(registry.require_checked(n) for n in names)
+        acts = tuple((registry.require_checked if training else registry.get)(n) for n in names)
         self.act_ids = np.array([names.index(a) for a in self.activations], dtype=np.int64)
         self.kernels = network_kernels(acts)
         self.threads = max(1, min(threads or cores(), numba.config.NUMBA_NUM_THREADS))

@@ -54,7 +54,8 @@ class Model:
                         f"this model uses activation {name!r} from plugin {info.get('source')} "
                         f"{info.get('version')}, which is not installed (or failed to load: see "
                         "`deltaprop plugins list`)")
-            self._engine = Engine(self.sizes, self.activations, self.loss, self.dtype, registry, threads)
+            self._engine = Engine(self.sizes, self.activations, self.loss, self.dtype, registry, threads,
+                                  training=False)
         return self._engine
 
     @property
