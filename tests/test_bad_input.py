@@ -95,7 +95,6 @@ CASES = [
      ["unknown activation 'relux'", "relu"]),
     ("data file missing", lambda d: ["train", cfg(d, "missing.npz")], ["missing.npz", "does not exist"]),
     ("NaN/Inf in features", lambda d: ["train", cfg(d, "nan.npz")], ["nan.npz", "2 non-finite", "row 7, column 2"]),
-    ("negative class label", lambda d: ["train", cfg(d, "negative.npz")], ["negative.npz", "row 5", "-1"]),
     ("non-integer class label", lambda d: ["train", cfg(d, "fraction.npz")], ["fraction.npz", "row 0", "1.5"]),
     ("X/y length mismatch", lambda d: ["train", cfg(d, "short.npz")], ["short.npz", "60", "40"]),
     ("empty data", lambda d: ["train", cfg(d, "empty.npz")], ["empty.npz", "empty"]),

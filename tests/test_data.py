@@ -192,7 +192,7 @@ def test_unsupported_extension(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["csv", "idx"])
 def test_unreadable_file_any_user(tmp_path, monkeypatch, fmt):
-    import deltaprop.io.datasets as data
+    import deltaprop.io.csvfile as csvfile
     import deltaprop.io.idx as idx
 
     def denied(file, *args, **kwargs):
@@ -201,7 +201,7 @@ def test_unreadable_file_any_user(tmp_path, monkeypatch, fmt):
     if fmt == "csv":
         p = tmp_path / "d.csv"
         p.write_text("a,label\n1,0\n")
-        monkeypatch.setattr(data, "open", denied, raising=False)
+        monkeypatch.setattr(csvfile, "open", denied, raising=False)
     else:
         p, _, _ = idx_pair(tmp_path)
         monkeypatch.setattr(idx, "open", denied, raising=False)

@@ -1,6 +1,7 @@
 """The first ten minutes of a new user (the README alone, their own data): defaults that fit
 their files, runs that can be extended, messages that say what happened, one compile cache."""
 
+import json
 import os
 import subprocess
 import sys
@@ -141,3 +142,63 @@ def test_one_compile_cache_for_make_run_make_test_and_the_cli(tmp_path):
     assert out == [str(tmp_path / "deltaprop" / "numba"), str(tmp_path / "deltaprop" / "numba" / "deltaprop")]
     assert "NUMBA_CACHE_DIR" not in "\n".join(line for line in (ROOT / "Makefile").read_text().splitlines()
                                               if not line.lstrip().startswith("#"))
+
+
+def test_classes_are_the_sorted_distinct_labels(tmp_path):
+    """Labels numbered from 1 silently built an extra output, a single label 1000 built 1001: the
+    classes are now the sorted distinct labels (as scikit-learn), stored in the model, and
+    predict/evaluate speak in them."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    y = np.where(X[:, 0] > 0, 3, 1) + (X[:, 1] > 0.5) * 999  # labels 1, 3, 1000, 1002
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\nhidden = [8]\n[data]\ntrain = "{tmp_path / "d.npz"}"\ntest = "{tmp_path / "d.npz"}"\n'
+                   '[training]\nepochs = 3\nbatch_size = 32\n[optimizer]\nlr = 0.01\n')
+    assert_exit(cli("train", cfg, "--run-dir", tmp_path / "run"), 0)
+    model = deltaprop.load_model(tmp_path / "run")
+    assert model.sizes[-1] == 4 and model.classes == [1, 3, 1000, 1002]
+    assert set(model.predict(X)) <= {1, 3, 1000, 1002}
+    r = cli("evaluate", tmp_path / "run", "--data", tmp_path / "d.npz", "--json")
+    assert_exit(r, 0)
+    result = json.loads(r.stdout)
+    assert result["classes"] == [1, 3, 1000, 1002] and result["accuracy"] > 0.5
+    assert RunDir(tmp_path / "run").read_metrics()[-1]["test_accuracy"] == pytest.approx(result["accuracy"])
+    np.savez(tmp_path / "other.npz", X=X[:5], y=np.array([1, 3, 7, 1, 3]))
+    r = cli("evaluate", tmp_path / "run", "--data", tmp_path / "other.npz")
+    assert_exit(r, 2)
+    assert "label at row 2 is 7, which is not one of the model's classes (1, 3, 1000, 1002)" in r.output
+
+
+def test_string_labels_in_a_csv(tmp_path):
+    """The CLI rejected a CSV label column of words ('cat' is not a number) that the estimator
+    takes; now the names are the classes, and predict --classes writes them back."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3))
+    names = np.array(["cat", "dog", "emu"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 1)]
+    lines = ["a,b,c,label"] + [f"{r[0]:.6f},{r[1]:.6f},{r[2]:.6f},{n}" for r, n in zip(X, names)]
+    (tmp_path / "pets.csv").write_text("\n".join(lines) + "\n")
+    cfg = _config(tmp_path, tmp_path / "pets.csv")
+    assert_exit(cli("train", cfg, "--run-dir", tmp_path / "run"), 0)
+    assert deltaprop.load_model(tmp_path / "run").classes == ["cat", "dog", "emu"]
+    r = cli("evaluate", tmp_path / "run", "--data", tmp_path / "pets.csv")
+    assert_exit(r, 0)
+    assert "cat" in r.output and "emu" in r.output
+    assert_exit(cli("predict", tmp_path / "run", "--data", tmp_path / "pets.csv", "--output", tmp_path / "p.npy",
+                    "--classes"), 0)
+    assert set(np.load(tmp_path / "p.npy").tolist()) <= {"cat", "dog", "emu"}
+    assert_exit(cli("predict", tmp_path / "run", "--data", tmp_path / "pets.csv", "--output", tmp_path / "p.csv",
+                    "--classes"), 0)
+    assert set((tmp_path / "p.csv").read_text().split()) <= {"cat", "dog", "emu"}
+
+
+def test_an_estimator_saved_model_with_string_classes_predicts_names_in_the_cli(tmp_path):
+    from deltaprop.sklearn import MLPClassifier
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 4)).astype(np.float32)
+    y = np.array(["no", "yes"])[(X[:, 0] > 0).astype(int)]
+    MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y).save(tmp_path / "c.safetensors")
+    np.savez(tmp_path / "x.npz", X=X)
+    assert_exit(cli("predict", tmp_path / "c.safetensors", "--data", tmp_path / "x.npz", "--output",
+                    tmp_path / "p.npy", "--classes"), 0)
+    assert set(np.load(tmp_path / "p.npy").tolist()) <= {"no", "yes"}

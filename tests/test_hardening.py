@@ -197,13 +197,13 @@ def _bad_inputs(d):
     """name -> (data file to train on, or a config text, and the message expected)."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3)).astype(np.float32)
-    np.savez(d / "biglabel.npz", X=X, y=np.r_[np.zeros(29, int), 10**9])
+    np.savez(d / "ids.npz", X=np.zeros((100_001, 1), np.float32), y=np.arange(100_001))
     (d / "long.csv").write_text("a,b,label\n1," + "9" * 140_000 + ",0\n1,2,1\n")
     _idx(d / "nopay-images-idx3-ubyte", [10, 28, 28]), _idx(d / "nopay-labels-idx1-ubyte", [10], bytes(10))
     _idx(d / "huge-images-idx3-ubyte", [2**32 - 1] * 3), _idx(d / "huge-labels-idx1-ubyte", [1], bytes(1))
     _idx(d / "many-images-idx3-ubyte", [1] * 255), _idx(d / "many-labels-idx1-ubyte", [1], bytes(1))
     return {
-        "label 10^9": (d / "biglabel.npz", "label at row 29 is 1000000000: labels are class numbers 0..k-1"),
+        "100,001 distinct labels": (d / "ids.npz", "the labels take 100,001 distinct values"),
         "CSV field over 131072 chars": (d / "long.csv", "long.csv: line 2 cannot be read as CSV (field larger than field limit"),
         "IDX dims with no payload": (d / "nopay-images-idx3-ubyte", "IDX size mismatch: header declares shape (10, 28, 28)"),
         "IDX 2^32-1 dims": (d / "huge-images-idx3-ubyte", "IDX size mismatch"),
@@ -227,7 +227,7 @@ def _bad_inputs(d):
 
 
 @pytest.mark.parametrize("case", sorted([
-    "label 10^9", "CSV field over 131072 chars", "IDX dims with no payload", "IDX 2^32-1 dims", "IDX 255 dims",
+    "100,001 distinct labels", "CSV field over 131072 chars", "IDX dims with no payload", "IDX 2^32-1 dims", "IDX 255 dims",
     "50,000-deep array", "5,000-deep inline table", "hidden = [10^12]", "integer beyond int64",
     "validation_fraction = nan", "lr = nan", "eps = nan", "clip_grad_norm = nan", "min_delta = nan",
     "warmup_epochs = inf", "dropout = [nan]"]))
@@ -299,3 +299,12 @@ def test_crafted_checkpoint_states_are_refused_and_nothing_changes(tmp_path, tin
     r = _cli("resume", rd.path)
     assert r.exit_code == 2 and "Traceback" not in r.output and message in r.output, r.output
     assert ck.read_bytes() == before and not rd.model_path.exists()
+
+
+def test_a_label_of_a_billion_is_just_a_class(tmp_path):
+    """Label 10^9 once meant 10^9 + 1 outputs (a 238 GiB allocation); classes are the distinct labels."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=np.where(X[:, 0] > 0, 10**9, 0))
+    run = deltaprop.train(_raw(tmp_path / "d.npz"), run_dir=tmp_path / "run")
+    assert run.model.sizes[-1] == 2 and run.model.classes == [0, 10**9]

@@ -31,6 +31,8 @@ def evaluate(
     """Evaluate a model on labelled data: accuracy (classification) or mse, and loss."""
     m, ds = _load(model, data, True)
     result = m.evaluate(ds.X, ds.y, ds.source)
+    if "confusion" in result:  # what the confusion matrix's rows and columns are
+        result["classes"] = m.classes if m.classes is not None else list(range(len(result["confusion"])))
     if json_:
         print(json.dumps(result))
         return
@@ -38,12 +40,12 @@ def evaluate(
         console.print(f"{ds.source}: n={result['n']} accuracy={result['accuracy']:.4f} loss={result['loss']:.4f}")
         from rich.table import Table
         table = Table(title="confusion matrix (rows: true class, columns: predicted)")
-        k = len(result["confusion"])
+        names = [str(c) for c in result["classes"]]
         table.add_column("")
-        for j in range(k):
-            table.add_column(str(j), justify="right")
-        for i, row in enumerate(result["confusion"]):
-            table.add_row(str(i), *map(str, row))
+        for name in names:
+            table.add_column(name, justify="right")
+        for name, row in zip(names, result["confusion"]):
+            table.add_row(name, *map(str, row))
         console.print(table)
     else:
         console.print(f"{ds.source}: n={result['n']} mse={result['mse']:.6g} loss={result['loss']:.6g}")
@@ -69,7 +71,7 @@ def predict(
     output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":  # one row per input row; labels as integers, outputs with full float32 precision
         atomic_write(output, lambda f: np.savetxt(f, out.reshape(len(out), -1), delimiter=",",
-                                                  fmt="%d" if classes else "%.9g"))
+                                                  fmt="%s" if classes else "%.9g"))
     else:
         atomic_write(output, lambda f: np.save(f, out))
     console.print(f"wrote {output}: {out.shape} {'labels' if classes else 'outputs'}")

@@ -12,12 +12,9 @@ one sentence naming the file and the row/column/line.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import ctypes
 import mmap
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .csvfile import load_csv
 from .idx import find_idx, read_idx
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -67,7 +65,7 @@ def load_dataset(spec: str, *, base_dir: Path | None = None, label_column: str =
     elif name.endswith(".npy"):
         X, y, ysrc = _load_npy(path, require_labels)
     elif name.endswith(".csv"):
-        return _load_csv(path, label_column, require_labels)
+        return _finish(*load_csv(path, label_column, require_labels, _check_finite), str(path), str(path), str(path))
     elif "-idx" in name and "-ubyte" in name:
         labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
         labels = None if labels == path else find_idx(labels)
@@ -141,6 +139,10 @@ def _finish(X: np.ndarray, y: np.ndarray | None, source: str, xsrc: str, ysrc: s
         raise DataError(f"{xsrc}: the data is empty (X has shape {X.shape}).")
     X = _kernel_dtype(X)
     _check_finite(X, xsrc, "X")
+    if y is not None and y.dtype.kind in "US":  # class names (a CSV label column of strings)
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise DataError(f"{ysrc}: string labels must be one per row: got shape {y.shape} for {X.shape[0]} rows.")
+        return Dataset(X=X, y=y, source=source)
     if y is not None:
         if y.dtype.kind not in "biuf":
             raise DataError(f"{ysrc}: y has dtype {y.dtype}, expected a numeric array.")
@@ -232,88 +234,6 @@ def _load_npy(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
     X = _read_npy(path, mmap=True)  # np.memmap: streamed, never loaded whole
     y = None if ypath is None else _read_npy(ypath, mmap=False)
     return X, y, str(ypath)
-
-
-def _load_csv(path: Path, label_column: str, require_labels: bool) -> Dataset:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), None)
-    except csv.Error as e:
-        raise _csv_error(path, e, 1) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e}).") from e
-    names = [h.strip() for h in header or []]
-    if not names or all(_is_number(h) for h in names):
-        raise DataError(f"{path}: line 1 must be a header row naming the columns "
-                        f"(e.g. x0,x1,...,{label_column}).")
-    has_label = label_column in names
-    if require_labels and not has_label:
-        raise DataError(f"{path}: label column {label_column!r} not found; the columns are "
-                        f"{', '.join(names)}.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data": reported below
-            data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2,
-                              comments=None, quotechar='"', encoding="utf-8-sig")
-    except ValueError as e:  # includes UnicodeDecodeError
-        with contextlib.suppress(UnicodeDecodeError):
-            _csv_raise_bad_cell(path, names)
-        raise DataError(f"{path}: cannot parse as CSV ({e}).") from e
-    if data.shape[0] == 0:
-        raise DataError(f"{path}: the data is empty (a header but no data rows).")
-    if data.shape[1] != len(names):
-        raise DataError(f"{path}: rows have {data.shape[1]} fields but the header names {len(names)} columns.")
-    _check_finite(data, str(path), "the data", lambda r, c: _csv_where(path, names, r, c))
-    y = None
-    if has_label:
-        j = names.index(label_column)
-        y, data = data[:, j], np.delete(data, j, axis=1)
-        if np.array_equal(y, np.round(y)):
-            y = y.astype(np.int64)
-    return _finish(data, y, str(path), str(path), str(path))
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-def _csv_rows(path: Path):
-    """Yield (line number, data row index, fields) for non-blank data rows, as numpy counts them."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            next(reader, None)
-            row, line = 0, reader.line_num + 1
-            for fields in reader:
-                if fields:
-                    yield line, row, fields
-                    row += 1
-                line = reader.line_num + 1
-        except csv.Error as exc:
-            raise _csv_error(path, exc, reader.line_num) from None
-
-
-def _csv_error(path: Path, exc: csv.Error, line) -> DataError:
-    return DataError(f"{path}: line {line} cannot be read as CSV ({exc}); a field that long is not a number "
-                     "a model can use.")
-
-
-def _csv_raise_bad_cell(path: Path, names: list[str]) -> None:
-    for line, _, fields in _csv_rows(path):
-        if len(fields) != len(names):
-            raise DataError(f"{path}: line {line} has {len(fields)} fields but the header has {len(names)}.")
-        for name, cell in zip(names, fields):
-            if not _is_number(cell):
-                raise DataError(f"{path}: line {line}, column {name!r}: {cell!r} is not a number.")
-
-
-def _csv_where(path: Path, names: list[str], row: int, col: int) -> str:
-    line = next((ln for ln, r, _ in _csv_rows(path) if r == row), row + 2)
-    return f"line {line}, column {names[col]!r}"
 
 
 # -- IDX (MNIST-style) ------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if "classes" in info:
             dt = info.get("classes_dtype", None)
             self.classes_ = np.asarray(info["classes"], dtype=object if dt == "O" else dt)
-        else:  # a CLI-trained model: labels 0..k-1
+        elif self.model_.classes is not None:  # a CLI-trained model: its classes
+            self.classes_ = np.asarray(self.model_.classes)
+        else:  # labels 0..k-1
             self.classes_ = np.arange(k)
         if len(self.classes_) != k:
             raise ValueError(f"the model has {k} outputs but {len(self.classes_)} classes are recorded")

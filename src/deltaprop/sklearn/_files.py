@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from .._values import is_number
 from ..io.safetensors import read_safetensors, write_safetensors
 from ..training.model import Model, resolve_model_path
 from ._base import _as_value_error
@@ -21,7 +22,12 @@ def save(est, path) -> None:
         info["classes_dtype"] = est.classes_.dtype.str if est.classes_.dtype.kind != "O" else "O"
     if hasattr(est, "feature_names_in_"):
         info["feature_names_in"] = [str(v) for v in est.feature_names_in_]
-    write_safetensors(Path(path), est.model_.layer_tensors(), est.model_.metadata() | {"sklearn": info})
+    meta = est.model_.metadata() | {"sklearn": info}
+    if hasattr(est, "classes_"):  # also as the model's own classes, so `deltaprop predict --classes` names them
+        classes = est.classes_.tolist()
+        if all(isinstance(c, str) for c in classes) or all(is_number(c) for c in classes):
+            meta["classes"] = classes
+    write_safetensors(Path(path), est.model_.layer_tensors(), meta)
 
 
 def load_as(cls, path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._values import is_int
+from .._values import is_int, is_number
 from ..compute import layout
 from ..errors import CheckpointError, DataError
 from ..io.rundir import RunDir
@@ -35,6 +35,7 @@ class Model:
     scale: str = "none"
     plugins: dict = field(default_factory=dict)  # activation -> {"source", "version"}
     config: dict = field(default_factory=dict)
+    classes: list | None = None  # cross-entropy: the label of each output (None: 0..k-1)
     _engine: object = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -82,17 +83,26 @@ class Model:
         return out
 
     def predict(self, X: np.ndarray, source: str = "X") -> np.ndarray:
-        """Class labels (cross-entropy) or regression outputs (mse)."""
+        """Class labels (cross-entropy: the model's classes, e.g. strings) or regression outputs (mse)."""
         out = self.predict_proba(X, source)
-        return out.argmax(axis=1) if self.loss == "cross_entropy" else out
+        if self.loss != "cross_entropy":
+            return out
+        idx = out.argmax(axis=1)
+        return idx if self.classes is None else np.asarray(self.classes)[idx]
 
-    def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data") -> dict:
-        """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse."""
-        from .targets import as_labels, as_targets
+    def label_indices(self, y, source: str) -> np.ndarray:
+        """Labels as output indices (through the model's classes)."""
+        from .targets import as_labels, labels_in
+        return labels_in(y, self.classes, source) if self.classes is not None else as_labels(y, self.n_classes, source)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data", encoded: bool = False) -> dict:
+        """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse. `encoded`: y
+        holds output indices already (a run's own splits), not labels."""
+        from .targets import as_targets
         out = self.predict_proba(X, source).astype(np.float64)
         n = len(out)
         if self.loss == "cross_entropy":
-            labels = as_labels(y, self.n_classes, source)
+            labels = np.asarray(y, np.int64) if encoded else self.label_indices(y, source)
             p = out[np.arange(n), labels]
             pred = out.argmax(axis=1)
             k = self.n_classes
@@ -115,7 +125,7 @@ class Model:
         from .. import __version__
         return {"kind": "model", "deltaprop_version": __version__, "sizes": list(self.sizes),
                 "activations": list(self.activations), "loss": self.loss, "dtype": self.dtype,
-                "plugins": self.plugins, "config": self.config,
+                "plugins": self.plugins, "config": self.config, "classes": self.classes,
                 "preprocess": {"scale": self.scale, "mean": [float(v) for v in self.mean],
                                "inv_std": [float(v) for v in self.inv_std]}}
 
@@ -180,8 +190,14 @@ class Model:
             raise bad("metadata 'plugins' must map activation names to {source, version}")
         if not (isinstance(config, dict) and all(isinstance(v, dict) for v in config.values())):
             raise bad("metadata 'config' must be a table of sections")
+        classes = meta.get("classes")
+        if classes is not None and not (
+                isinstance(classes, list) and len(classes) == sizes[-1] and loss == "cross_entropy"
+                and (all(isinstance(c, str) for c in classes) or all(is_number(c) for c in classes))
+                and len(set(classes)) == len(classes)):
+            raise bad(f"metadata 'classes' must list {sizes[-1]} distinct numbers or strings, one per output")
         return cls(list(sizes), list(acts), loss, dtype, theta, stats["mean"], stats["inv_std"],
-                   pre["scale"], dict(plugins), dict(config))
+                   pre["scale"], dict(plugins), dict(config), classes)
 
 
 def _r2(err: np.ndarray, t: np.ndarray) -> float:

@@ -19,7 +19,14 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..io.datasets import dataset_from_arrays, load_dataset
 from .config import Config
 from .model import Model
-from .targets import as_labels, as_targets, class_labels
+from .targets import (
+    MAX_CLASSES,
+    as_labels,
+    as_targets,
+    class_labels,
+    encode_classes,
+    labels_in,
+)
 
 _CHUNK = 8192  # rows per chunk when computing statistics (memory-mapped data streams)
 
@@ -53,19 +60,27 @@ def resolve_data_spec(spec: str, config_dir: Path | None) -> str:
     return str(p.resolve())
 
 
-def _outputs(config: Config, y: np.ndarray, source: str, n_outputs: int | None = None) -> tuple[np.ndarray, int]:
-    """Kernel-ready labels/targets and the number of outputs (`n_outputs`: given, not inferred)."""
+def _outputs(config: Config, y: np.ndarray, source: str,
+             n_outputs: int | None = None) -> tuple[np.ndarray, int, list | None]:
+    """Kernel-ready labels/targets, the number of outputs and the classes (cross-entropy: the
+    sorted distinct labels; None when `n_outputs` is given: labels already 0..n_outputs-1)."""
     if config.training.loss == "cross_entropy":
-        return class_labels(y, n_outputs, source)
+        if n_outputs is not None:
+            return (*class_labels(y, n_outputs, source), None)
+        labels, classes = encode_classes(y, source)
+        return labels, len(classes), classes
     if n_outputs is not None:
         k = n_outputs
     elif y.ndim == 2:
         k = y.shape[1]
     elif np.issubdtype(y.dtype, np.integer):
         k = int(y.max()) + 1  # class labels regressed as one-hot targets
+        if k > MAX_CLASSES:
+            raise DataError(f"{source}: integer targets up to {k - 1} would be one-hot encoded into {k:,} outputs; "
+                            "give real-valued targets (or use loss = \"cross_entropy\")")
     else:
         k = 1
-    return as_targets(y, k, source, dtype=config.training.dtype), k
+    return as_targets(y, k, source, dtype=config.training.dtype), k, None
 
 
 def _scaling(mode: str, X: np.ndarray, rows: np.ndarray, dtype) -> tuple[str, np.ndarray, np.ndarray]:
@@ -120,12 +135,12 @@ def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
     return layout.flatten(layers, dtype)
 
 
-def _load_split(spec: str, config: Config, n_out: int, n_in: int) -> Split:
+def _load_split(spec: str, config: Config, n_out: int, n_in: int, classes: list | None) -> Split:
     ds = load_dataset(spec, label_column=config.data.label_column)
     if ds.X.shape[1] != n_in:
         raise DataError(f"{ds.source}: has {ds.X.shape[1]} features per row, the training data has {n_in}")
     if config.training.loss == "cross_entropy":
-        y = as_labels(ds.y, n_out, ds.source)
+        y = labels_in(ds.y, classes, ds.source) if classes is not None else as_labels(ds.y, n_out, ds.source)
     else:
         y = as_targets(ds.y, n_out, ds.source, dtype=config.training.dtype)
     return Split(np.asarray(ds.X), y, ds.source)
@@ -141,7 +156,7 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     else:
         ds = dataset_from_arrays(*arrays, source=source)
     X = np.asarray(ds.X)  # a memmap stays mapped; np.asarray drops the subclass for Numba
-    y, k = _outputs(c, ds.y, ds.source, n_outputs)
+    y, k, classes = _outputs(c, ds.y, ds.source, n_outputs)
     n = len(X)
     train_idx, val = np.arange(n), None
     if c.data.validation_fraction > 0:
@@ -152,7 +167,7 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
         order = np.random.default_rng([c.training.seed, 0x5A11]).permutation(n)
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         val = Split(X[val_idx], y[val_idx], f"{ds.source} (validation split)")
-    test = _load_split(c.data.test, c, k, X.shape[1]) if c.data.test else None
+    test = _load_split(c.data.test, c, k, X.shape[1], classes) if c.data.test else None
 
     hidden_acts = c.model.hidden_activations()
     out_act = c.model.output_activation if c.training.loss == "mse" else "identity"
@@ -169,7 +184,7 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     else:
         theta = _init_from_file(c.model.init, sizes)
     model = Model(sizes, acts, c.training.loss, c.training.dtype, theta.astype(c.training.dtype),
-                  mean, inv_std, mode, plugins, c.to_dict())
+                  mean, inv_std, mode, plugins, c.to_dict(), classes)
     return Prepared(X, y, train_idx, val, test, model)
 
 

@@ -1,7 +1,8 @@
 """What a model is trained to output: class labels (cross-entropy) or real-valued targets (mse),
 validated with errors that name the data source and the row.
 
-    labels, k = class_labels(ds.y, None, ds.source)     # (n,) int64 in 0..k-1
+    labels, classes = encode_classes(ds.y, ds.source)  # classes: the sorted distinct labels
+    labels = labels_in(test.y, classes, test.source)    # another split, through the same classes
     targets = as_targets(ds.y, k, ds.source)           # (n, k) float
 """
 
@@ -9,7 +10,59 @@ import numpy as np
 
 from ..errors import DataError
 
-MAX_CLASSES = 100_000  # a bigger label is almost surely an id, not a class number (10^9 tried 238 GiB)
+MAX_CLASSES = 100_000  # one output unit per class: more distinct labels are ids, not classes
+
+
+def _labels_1d(y, source: str) -> np.ndarray:
+    if y is None:
+        raise DataError(f"{source}: classification needs labels, but the data has none.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{source}: classification needs 1-D labels, got shape {y.shape} "
+                        "(for one-hot or real-valued targets use loss = \"mse\").")
+    if y.size == 0:
+        raise DataError(f"{source}: there are no labels (0 rows).")
+    if y.dtype.kind == "S":
+        y = np.char.decode(y, "utf-8", "replace")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, not an integer class label.")
+        y = y.astype(np.int64)
+    elif y.dtype.kind not in "biuU":
+        raise DataError(f"{source}: labels have dtype {y.dtype}, expected integers or strings.")
+    return y
+
+
+def encode_classes(y, source: str) -> tuple[np.ndarray, list]:
+    """(labels as indices 0..k-1, classes): the classes are the sorted distinct labels, integers or
+    strings, as scikit-learn takes them (labels 1..3 make 3 outputs, not 4)."""
+    y = _labels_1d(y, source)
+    classes, labels = np.unique(y, return_inverse=True)
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{source}: the labels take {len(classes):,} distinct values; the output layer has one "
+                        f"unit per class, so deltaprop takes at most {MAX_CLASSES:,} (are these ids, not classes?)")
+    return labels.astype(np.int64).reshape(-1), classes.tolist()
+
+
+def labels_in(y, classes: list, source: str) -> np.ndarray:
+    """Labels as indices into a model's `classes`; a label the model does not know is an error."""
+    y = _labels_1d(y, source)
+    known = np.asarray(classes)
+    if (known.dtype.kind == "U") != (y.dtype.kind == "U"):
+        raise DataError(f"{source}: the labels are {'strings' if y.dtype.kind == 'U' else 'numbers'} but the "
+                        f"model's classes are {', '.join(map(str, classes[:5]))}{'...' if len(classes) > 5 else ''}")
+    order = np.argsort(known, kind="stable")
+    pos = np.clip(np.searchsorted(known[order], y), 0, len(known) - 1)
+    found = known[order][pos] == y
+    if not found.all():
+        i = int(np.argmin(found))
+        raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, which is not one of the model's classes "
+                        f"({', '.join(map(str, classes[:10]))}{'...' if len(classes) > 10 else ''}).")
+    return order[pos].astype(np.int64)
 
 
 def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | None, source: str) -> int:

@@ -165,7 +165,7 @@ class Trainer:
         if split is None:
             return {}
         try:
-            r = self.prep.model.evaluate(split.X, split.y, split.source)
+            r = self.prep.model.evaluate(split.X, split.y, split.source, encoded=True)
         except CheckpointError as exc:  # the weights overflow on this split's data
             raise self._diverged(self.state.step, str(exc), self.schedule.lr(self.state.step - 1)) from None
         r.pop("confusion", None)
