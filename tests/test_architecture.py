@@ -47,7 +47,7 @@ ALLOWED = {
     "training": {"io", "compute", "plugins"},
     "jobs": {"io"},
     "cli": {"training", "jobs", "io", "plugins", "api"},
-    "api": {"training"},
+    "api": {"training", "io"},
     "sklearn": {"training", "io", "compute"},
 }
 LEAVES = {"deltaprop", "deltaprop.errors", "deltaprop._system", "deltaprop._values"}

@@ -335,7 +335,7 @@ def test_validate_labels():
         validate_labels_for_classification(np.array([0, 1, -1]), None, "src")
     with raises(r"src: label at row 1 is 10, labels must be in 0\.\.9 \(10 classes\)"):
         validate_labels_for_classification(np.array([9, 10, 11]), 10, "src")
-    with raises(r"src: classification needs 1-D integer labels, got shape \(2, 2\)"):
+    with raises(r"src: classification needs 1-D integer or string labels, got shape \(2, 2\)"):
         validate_labels_for_classification(np.zeros((2, 2)), None, "src")
     with raises("src: classification needs labels"):
         validate_labels_for_classification(None, None, "src")

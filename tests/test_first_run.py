@@ -202,3 +202,69 @@ def test_an_estimator_saved_model_with_string_classes_predicts_names_in_the_cli(
     assert_exit(cli("predict", tmp_path / "c.safetensors", "--data", tmp_path / "x.npz", "--output",
                     tmp_path / "p.npy", "--classes"), 0)
     assert set(np.load(tmp_path / "p.npy").tolist()) <= {"no", "yes"}
+
+
+def test_the_python_api_overwrites_shows_progress_and_lists_itself(tmp_path, mine, capsys):
+    cfg = _config(tmp_path, mine)
+    first = deltaprop.train(cfg, run_dir=tmp_path / "run")
+    with pytest.raises(deltaprop.errors.ConfigError, match="pass overwrite=True to replace it") as e:
+        deltaprop.train(cfg, run_dir=tmp_path / "run")
+    assert "--run-dir" not in str(e.value)  # no CLI flag names in a Python error
+    again = deltaprop.train(cfg, run_dir=tmp_path / "run", overwrite=True, progress=True)
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out
+    assert np.array_equal(first.model.theta, again.model.theta)
+    assert len(RunDir(tmp_path / "run").read_metrics()) == 2
+    longer = deltaprop.resume(tmp_path / "run", epochs=3)
+    assert [m["epoch"] for m in longer.metrics] == [1, 2, 3]
+    for name in ("train", "resume", "load_model", "load_dataset"):
+        assert name in dir(deltaprop)
+    ds = deltaprop.load_dataset(mine)
+    assert ds.X.shape == (240, 12) and deltaprop.load_model(tmp_path / "run").evaluate(ds.X, ds.y)["n"] == 240
+
+
+def test_input_that_is_already_scaled_is_warned_about(tmp_path):
+    """A model trained on raw uint8 pixels (scale auto = unit: it divides by 255) given X/255 once
+    predicted silently from nearly black images."""
+    rng = np.random.default_rng(4)
+    X = rng.integers(0, 256, size=(200, 16), dtype=np.uint8)
+    np.savez(tmp_path / "px.npz", X=X, y=(X[:, 0] > 127).astype(int))
+    model = deltaprop.train(_config(tmp_path, tmp_path / "px.npz"), run_dir=tmp_path / "run").model
+    with pytest.warns(UserWarning, match=r"as if already scaled to \[0, 1\], but this model divides by 255"):
+        model.predict_proba(X / 255.0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict_proba(X)  # raw values: no warning
+    np.savez(tmp_path / "scaled.npz", X=X / 255.0)
+    r = cli("predict", tmp_path / "run", "--data", tmp_path / "scaled.npz", "--output", tmp_path / "p.npy")
+    assert_exit(r, 0)
+    assert "warning:" in r.output and "divides by 255" in r.output
+
+
+def test_a_second_worker_on_the_machine_is_warned(tmp_path):
+    """Two workers on one machine each divided all cores among their own jobs (4 threads on 2
+    cores, silently)."""
+    from fixtures.cli import DELTAPROP
+    env = dict(os.environ, DELTAPROP_HOME=str(tmp_path / "a"))
+    first = subprocess.Popen([str(DELTAPROP), "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        assert "worker " in first.stdout.readline()  # it is up (and registered)
+        second = subprocess.run([str(DELTAPROP), "worker", "--until-empty"], capture_output=True, text=True,
+                                timeout=600, env=dict(os.environ, DELTAPROP_HOME=str(tmp_path / "b")))
+    finally:
+        first.terminate()
+        first.wait(timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"other deltaprop worker(s) run on this machine (pid {first.pid}" in second.stdout, second.stdout
+
+
+def test_a_sweeps_leaderboard_can_be_printed_again(tmp_path, mine, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_HOME", str(tmp_path / "home"))
+    r = cli("sweep", _config(tmp_path, mine), "--grid", "optimizer.lr=0.01,0.001")
+    assert_exit(r, 0)
+    assert "deltaprop jobs leaderboard 1 2" in r.output
+    r = cli("jobs", "leaderboard", "1", "2")
+    assert_exit(r, 0)
+    assert "leaderboard" in r.output and "queued" in r.output

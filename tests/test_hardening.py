@@ -195,8 +195,6 @@ def _idx(path, dims, payload=b"", dtype=0x08, ndim=None):
 
 def _bad_inputs(d):
     """name -> (data file to train on, or a config text, and the message expected)."""
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(30, 3)).astype(np.float32)
     np.savez(d / "ids.npz", X=np.zeros((100_001, 1), np.float32), y=np.arange(100_001))
     (d / "long.csv").write_text("a,b,label\n1," + "9" * 140_000 + ",0\n1,2,1\n")
     _idx(d / "nopay-images-idx3-ubyte", [10, 28, 28]), _idx(d / "nopay-labels-idx1-ubyte", [10], bytes(10))
@@ -308,3 +306,18 @@ def test_a_label_of_a_billion_is_just_a_class(tmp_path):
     np.savez(tmp_path / "d.npz", X=X, y=np.where(X[:, 0] > 0, 10**9, 0))
     run = deltaprop.train(_raw(tmp_path / "d.npz"), run_dir=tmp_path / "run")
     assert run.model.sizes[-1] == 2 and run.model.classes == [0, 10**9]
+
+
+def test_the_thread_count_is_an_argument_not_an_environment_variable(tmp_path, tiny):
+    """DELTAPROP_THREADS=abc gave a ValueError traceback; the thread count now travels as
+    `--threads` (the worker passes it), and the variable means nothing."""
+    r = _cli("train", _config_file(tmp_path, tiny, epochs=1), "--run-dir", tmp_path / "run", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    import os
+    os.environ["DELTAPROP_THREADS"] = "abc"
+    try:
+        r = _cli("resume", tmp_path / "run", "--epochs", "2")
+    finally:
+        del os.environ["DELTAPROP_THREADS"]
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert _cli("resume", tmp_path / "run", "--threads", "abc").exit_code == 2

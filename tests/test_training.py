@@ -61,12 +61,13 @@ def test_readme_api_example_runs(tmp_path, classes, monkeypatch):
     cfg.write_text(f'[model]\nhidden = [16]\n[data]\ntrain = "{classes}"\ntest = "{classes}"\n'
                    "[training]\nepochs = 3\nbatch_size = 32\n")
     d = np.load(classes)
-    code = block.replace('"examples/fashion-mnist.toml"', repr(str(cfg))).replace('"runs/api"', repr(str(tmp_path / "api")))
-    namespace = {"X": d["X"], "y": d["y"]}
+    code = (block.replace('"examples/fashion-mnist.toml"', repr(str(cfg))).replace('"runs/api"', repr(str(tmp_path / "api")))
+            .replace('"fashion-mnist:test"', repr(str(classes))))
+    namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["proba"].shape == (600, 3)
+    assert namespace["proba"].shape == (len(d["X"]), 3)
     assert (namespace["labels"] == namespace["proba"].argmax(1)).all()
-    assert namespace["run"].metrics[-1]["epoch"] == 2  # training__epochs=2 override
+    assert namespace["run"].metrics[-1]["epoch"] == 4  # trained with training__epochs=2, then resumed to 4
 
 
 def test_early_stopping_restores_best_weights(tmp_path, classes):

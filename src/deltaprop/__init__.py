@@ -2,8 +2,10 @@
 
 Public API (kept light: Numba is imported only when a kernel is needed):
   hookimpl, Activation          write an activation plugin
-  train(config, **overrides)    train a run, returns a `Run`
+  train(config, run_dir=None, overwrite=False, progress=False, **overrides)   a run's `RunResult`
+  resume(run_dir, epochs=None)  continue (or extend) a run
   load_model(path)              a trained model with .predict / .predict_proba / .evaluate
+  load_dataset(spec)            a dataset's arrays (.X, .y), e.g. "fashion-mnist:test"
 """
 
 __version__ = "0.1.0"
@@ -19,14 +21,16 @@ _os.environ.setdefault("NUMBA_CACHE_DIR", str(_numba_cache_dir()))
 from .plugins.activation import Activation  # noqa: E402
 from .plugins.hookspecs import hookimpl  # noqa: E402
 
-__all__ = ["Activation", "hookimpl", "train", "load_model", "__version__"]
+__all__ = ["Activation", "hookimpl", "train", "resume", "load_model", "load_dataset", "__version__"]
+_LAZY = {"train", "resume", "load_model", "load_dataset"}  # from .api, imported on first use
 
 
 def __getattr__(name):
-    if name == "train":
-        from .api import train
-        return train
-    if name == "load_model":
-        from .api import load_model
-        return load_model
+    if name in _LAZY:
+        from . import api
+        return getattr(api, name)
     raise AttributeError(f"module 'deltaprop' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

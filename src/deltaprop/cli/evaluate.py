@@ -19,6 +19,9 @@ def _load(model_path: Path, data: str, require_labels: bool):
     ds = load_dataset(resolve_data_spec(data, None), require_labels=require_labels,
                       label_column=model.config.get("data", {}).get("label_column", "label"))
     model.check_features(ds.X, ds.source)
+    why = model.input_warning(ds.X, ds.source)
+    if why:
+        err_console.print(f"warning: {why}")
     return model, ds
 
 

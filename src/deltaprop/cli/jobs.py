@@ -85,7 +85,8 @@ def sweep(
         read_config(config, (set_ or []) + point)
     ids = [_submit(queue, config, (set_ or []) + point, f"{config.stem}[{','.join(point)}]", max_attempts).id
            for point in points]
-    console.print(f"submitted {len(ids)} jobs: {' '.join(map(str, ids))}")
+    console.print(f"submitted {len(ids)} jobs: {' '.join(map(str, ids))} (their leaderboard, any time: "
+                  f"deltaprop jobs leaderboard {' '.join(map(str, ids))})")
     if wait:
         t0, hinted = time.monotonic(), False
         while any((states := [queue.get(i).status for i in ids]).count(s) for s in ("queued", "running")):
@@ -147,6 +148,14 @@ def list_(
 
 def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+@app.command()
+@handle_errors
+def leaderboard(job_ids: Annotated[Optional[list[int]], typer.Argument(help="Job ids (default: every job).")] = None):
+    """The leaderboard of some jobs (a sweep's, as `sweep --wait` prints it), best first."""
+    queue = _queue(readonly=True)
+    _leaderboard([queue.get(i) for i in job_ids] if job_ids else queue.list())
 
 
 @app.command()

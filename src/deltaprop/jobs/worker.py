@@ -105,6 +105,13 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[int, Running] = {}
         self.draining = False
+        if isinstance(self.executor, LocalExecutor):
+            others = _register_on_this_machine(self)
+            if others:
+                self.log(f"warning: {len(others)} other deltaprop worker(s) run on this machine (pid "
+                         f"{', '.join(map(str, others))}); each divides all {self.executor.cores()} core(s) among "
+                         "its own jobs, so together they oversubscribe them: stop the extra workers and run one "
+                         "with --concurrency N instead")
 
     def _on_signal(self, signum, frame):
         if not self.draining:
@@ -205,6 +212,35 @@ class Worker:
             else:
                 status, error = "failed", f"exit code {code}: {RunDir(r.job.run_dir).log_tail()}"
             self._end(r.job, status, error)
+
+
+def _register_on_this_machine(worker) -> list[int]:
+    """Hold a lock file for this worker's life in a per-user directory of this machine; return the
+    pids of the other live workers (a lock file whose lock can be taken was left by a dead one)."""
+    import fcntl
+    import tempfile
+    d = os.path.join(tempfile.gettempdir(), f"deltaprop-workers-{os.getuid()}")
+    others = []
+    try:
+        os.makedirs(d, exist_ok=True)
+        mine = os.path.join(d, f"{os.getpid()}.lock")
+        worker._machine_lock = os.open(mine, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(worker._machine_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for name in os.listdir(d):
+            path = os.path.join(d, name)
+            if path == mine or not name.endswith(".lock"):
+                continue
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)  # stale
+            except BlockingIOError:
+                others.append(int(name.split(".")[0]))
+            finally:
+                os.close(fd)
+    except (OSError, ValueError):
+        pass  # a hint only
+    return sorted(others)
 
 
 def _die_with_parent() -> None:

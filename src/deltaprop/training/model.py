@@ -74,6 +74,9 @@ class Model:
         if X.ndim == 1:
             X = X.reshape(1, -1)
         self.check_features(X, source)
+        why = self.input_warning(X, source)
+        if why:
+            warnings.warn(why, UserWarning, stacklevel=2)
         out = self.engine().predict(X, self.mean, self.inv_std, self.theta)
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():  # finite weights can still overflow: that is no prediction
@@ -81,6 +84,18 @@ class Model:
                                   f"{source} (the first at row {int(np.argmax(bad))}): its weights overflow "
                                   f"{self.dtype} on this data, so it has no prediction to give")
         return out
+
+    def input_warning(self, X: np.ndarray, source: str) -> str | None:
+        """Why X does not look like what the preprocessing expects (None: it does): a model trained on
+        raw uint8 pixels (data.scale = unit divides by 255 itself) given values already in [0, 1]."""
+        raw_uint8 = self.scale == "unit" and not self.mean.any() and np.allclose(self.inv_std, 1 / 255)
+        if raw_uint8 and X.dtype.kind == "f" and len(X):
+            top = float(np.max(X[:4096]))
+            if top <= 1.0:
+                return (f"{source}: values are at most {top:g}, as if already scaled to [0, 1], but this model "
+                        "divides by 255 itself (it was trained on raw 0-255 values with data.scale = \"unit\"): "
+                        "pass the raw values, or its predictions are those of a nearly black input")
+        return None
 
     def predict(self, X: np.ndarray, source: str = "X") -> np.ndarray:
         """Class labels (cross-entropy: the model's classes, e.g. strings) or regression outputs (mse)."""

@@ -38,3 +38,18 @@ class Start:
     opt_state: np.ndarray | None = None  # (2, P); None: fresh
     step: int = 0  # optimizer steps already taken (Adam's bias correction continues from it)
     rng: dict | None = None  # shuffling RNG state to continue from; None: from the seed
+
+
+class LineReporter(Reporter):
+    """A line per epoch on stdout (the Python API's `progress=True`)."""
+
+    def start(self, run_dir, epochs, steps_per_epoch, resumed):
+        self.epochs = epochs
+        print(f"run {run_dir}: {'resuming from ' + resumed if resumed else 'starting'}; {epochs} epoch(s)", flush=True)
+
+    def epoch_end(self, metrics: dict):
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
+        print(f"epoch {metrics['epoch']}/{self.epochs} {shown}", flush=True)
+
+    def note(self, text: str):
+        print(text, flush=True)

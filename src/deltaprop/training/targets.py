@@ -20,7 +20,7 @@ def _labels_1d(y, source: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"{source}: classification needs 1-D labels, got shape {y.shape} "
+        raise DataError(f"{source}: classification needs 1-D integer or string labels, got shape {y.shape} "
                         "(for one-hot or real-valued targets use loss = \"mse\").")
     if y.size == 0:
         raise DataError(f"{source}: there are no labels (0 rows).")
@@ -71,23 +71,9 @@ def validate_labels_for_classification(y: np.ndarray | None, n_classes: int | No
     Float arrays of integral values are accepted (see `as_labels` for the int64 copy). With
     `n_classes=None` the count is `max(y) + 1`.
     """
-    if y is None:
-        raise DataError(f"{source}: classification needs labels, but the data has none.")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{source}: classification needs 1-D integer labels, got shape {y.shape} "
-                        "(for one-hot or real-valued targets use loss = \"mse\").")
-    if y.size == 0:
-        raise DataError(f"{source}: there are no labels (0 rows).")
-    if y.dtype.kind == "f":
-        bad = ~np.isfinite(y) | (y != np.round(y))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(f"{source}: label at row {i} is {y[i].item()!r}, not an integer class label.")
-    elif y.dtype.kind not in "biu":
-        raise DataError(f"{source}: labels have dtype {y.dtype}, expected integers.")
+    y = _labels_1d(y, source)
+    if y.dtype.kind == "U":
+        raise DataError(f"{source}: labels are strings here; expected class numbers 0..k-1.")
     if n_classes is None and y.max() >= MAX_CLASSES:
         i = int(np.argmax(y >= MAX_CLASSES))
         raise DataError(f"{source}: label at row {i} is {y[i].item()!r}: labels are class numbers 0..k-1 and the "
