@@ -240,6 +240,7 @@ def test_input_that_is_already_scaled_is_warned_about(tmp_path):
     r = cli("predict", tmp_path / "run", "--data", tmp_path / "scaled.npz", "--output", tmp_path / "p.npy")
     assert_exit(r, 0)
     assert "warning:" in r.output and "divides by 255" in r.output
+    assert "UserWarning" not in r.output and r.output.count("divides by 255") == 1
 
 
 def test_a_second_worker_on_the_machine_is_warned(tmp_path):

@@ -1,6 +1,8 @@
 """`deltaprop evaluate` and `deltaprop predict`."""
 
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -20,8 +22,9 @@ def _load(model_path: Path, data: str, require_labels: bool):
                       label_column=model.config.get("data", {}).get("label_column", "label"))
     model.check_features(ds.X, ds.source)
     why = model.input_warning(ds.X, ds.source)
-    if why:
+    if why:  # said once, as a line of its own (not again as a Python warning with a file name)
         err_console.print(f"warning: {why}")
+        warnings.filterwarnings("ignore", message=re.escape(why))
     return model, ds
 
 
