@@ -1,8 +1,7 @@
 """The training loop: epochs of compiled steps, metrics, checkpoints, early stopping, resume.
 
-    result = train_run(config, run_dir)      # a new run
-    result = resume_run(run_dir)             # continue from the newest valid checkpoint
     result = Trainer(config, arrays=(X, y), start=Start(theta, ...)).run()   # in memory
+    (in a run directory: train_run / resume_run, training/runs.py)
 
 Without a run directory (a `NullRunDir`, the scikit-learn estimators) a run writes no files,
 takes no lock and installs no signal handlers; `start` continues from given weights, optimizer
