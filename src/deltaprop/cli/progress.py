@@ -1,7 +1,5 @@
 """Reporters: a rich progress bar on a terminal, plain lines otherwise."""
 
-import sys
-
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -10,43 +8,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..training.trainer import Reporter
+from ..training.run import LineReporter
 from .common import console
 
-
-def _fmt(metrics: dict) -> str:
-    parts = []
-    for k, v in metrics.items():
-        if k in ("epoch", "step"):
-            continue
-        if k == "samples_per_s":
-            parts.append(f"{k}={v:,.0f}")  # as the progress bar shows it
-        else:
-            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'s' if n != 1 else ''}"
-
-
-class PlainReporter(Reporter):
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
-
-    def _print(self, text):
-        print(text, file=self.stream, flush=True)
-
-    def start(self, run_dir, epochs, steps_per_epoch, resumed):
-        self.epochs = epochs
-        how = f"resuming from {resumed}" if resumed else "starting"
-        self._print(f"run {run_dir}: {how}; {plural(epochs, 'epoch')} of {plural(steps_per_epoch, 'step')}")
-
-    def epoch_end(self, metrics):
-        self._print(f"epoch {metrics['epoch']}/{self.epochs} " + _fmt(metrics))
-
-    def note(self, text):
-        self._print(text)
+PlainReporter = LineReporter  # plain lines when not on a terminal
 
 
 class RichReporter(PlainReporter):

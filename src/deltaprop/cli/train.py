@@ -9,13 +9,13 @@ from .common import console, handle_errors
 
 
 def _summary(result) -> None:
+    from ..io.rundir import RunDir
+    from ..training.run import plural
     last = result.metrics[-1] if result.metrics else {}
     parts = [f"{k}={last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy", "test_loss",
                                              "test_accuracy", "test_mse") if k in last]
-    n = len(result.metrics)
-    console.print(f"done: {result.run_dir} after {n} epoch{'s' if n != 1 else ''}"
+    console.print(f"done: {result.run_dir} after {plural(len(result.metrics), 'epoch')}"
                   + (" (stopped early)" if result.stopped_early else "") + ("; " + " ".join(parts) if parts else ""))
-    from ..io.rundir import RunDir
     console.print(f"model: {RunDir(result.run_dir).model_path}")
 
 

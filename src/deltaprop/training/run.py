@@ -1,6 +1,7 @@
 """What goes into a run besides its config, and what comes out: the progress callbacks, where a
 run without a checkpoint starts (warm starts, partial fits), and the result."""
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +41,40 @@ class Start:
     rng: dict | None = None  # shuffling RNG state to continue from; None: from the seed
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'s' if n != 1 else ''}"
+
+
+def format_metrics(metrics: dict) -> str:
+    """`loss=0.3 accuracy=0.9 ... samples_per_s=147,796` (samples/s as the progress bar shows it)."""
+    parts = []
+    for k, v in metrics.items():
+        if k in ("epoch", "step"):
+            continue
+        if k == "samples_per_s":
+            parts.append(f"{k}={v:,.0f}")
+        else:
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
 class LineReporter(Reporter):
-    """A line per epoch on stdout (the Python API's `progress=True`)."""
+    """A line when a run starts, one per epoch, and the notes (the CLI off a terminal, and the
+    Python API's `progress=True`)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def _print(self, text):
+        print(text, file=self.stream or sys.stdout, flush=True)
 
     def start(self, run_dir, epochs, steps_per_epoch, resumed):
         self.epochs = epochs
-        print(f"run {run_dir}: {'resuming from ' + resumed if resumed else 'starting'}; {epochs} epoch(s)", flush=True)
+        how = f"resuming from {resumed}" if resumed else "starting"
+        self._print(f"run {run_dir}: {how}; {plural(epochs, 'epoch')} of {plural(steps_per_epoch, 'step')}")
 
     def epoch_end(self, metrics: dict):
-        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
-        print(f"epoch {metrics['epoch']}/{self.epochs} {shown}", flush=True)
+        self._print(f"epoch {metrics['epoch']}/{self.epochs} " + format_metrics(metrics))
 
     def note(self, text: str):
-        print(text, flush=True)
+        self._print(text)
