@@ -628,9 +628,14 @@ def test_the_first_compile_is_announced_interruptible_and_not_in_samples_per_s(d
     r = subprocess.run([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(tmp_path / "b")],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"^compiled kernels for relu, identity, float32 in \d+\.\d s$", r.stdout, re.M), r.stdout
+    compiled = re.search(r"^compiled kernels for relu, identity, float32 in (\d+\.\d) s$", r.stdout, re.M)
+    assert compiled, r.stdout
     metrics = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["samples_per_s"] > 0.1 * metrics[1]["samples_per_s"], metrics  # the compile is not in it
+    # The compile is not in epoch 1's rate: the epoch's time implied by it (at most 300 rows) is far
+    # below the compile's. (A ratio to epoch 2's rate would be a timing assertion: a 7 ms epoch of
+    # 300 rows varies 20x with whatever else the machine runs.)
+    epoch_1_seconds = 300 / metrics[0]["samples_per_s"]
+    assert epoch_1_seconds < 0.5 * float(compiled.group(1)), (compiled.group(0), metrics[0])
     r = subprocess.run([str(DELTAPROP), "train", str(data["config"]), "--run-dir", str(tmp_path / "c")],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "compiling" not in r.stdout, r.stdout
