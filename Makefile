@@ -58,10 +58,12 @@ $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PY) -m pip install -q -e $(PLUGIN)
 	@touch $@
 
-# What the tests need besides: pytest, Hypothesis, Ray, scikit-learn, and torch as a test-only
-# oracle (pinned exactly: an unpinned `torch` resolves to a CUDA build).
+# What the tests need besides: pytest, Hypothesis, every optional extra (Ray, scikit-learn, ONNX,
+# TensorBoard, MLflow, matplotlib, Optuna), and torch as a test-only oracle (pinned exactly: an
+# unpinned `torch` resolves to a CUDA build).
+EXTRAS := dev,ray,sklearn,onnx,tensorboard,mlflow,plot,tune
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,ray,sklearn]' 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]' 'torch==2.13.0'
 	@touch $@
 
 $(BENCH_STAMP): $(STAMP)
