@@ -81,7 +81,7 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-RUN_DIR_NAMES = {"config.toml", "metrics.jsonl", "checkpoints", "model.safetensors", "log.txt"}
+RUN_DIR_NAMES = {"config.toml", "metrics.jsonl", "steps.jsonl", "checkpoints", "model.safetensors", "log.txt"}
 
 
 def _code_strings(tree: ast.Module):

@@ -2,6 +2,7 @@
 
 Public API (kept light: Numba is imported only when a kernel is needed):
   hookimpl, Activation          write an activation plugin
+  Logger, RunInfo               write a logger plugin (TensorBoard, MLflow are builtin ones)
   train(config, run_dir=None, overwrite=False, progress=False, **overrides)   a run's `RunResult`
   resume(run_dir, epochs=None)  continue (or extend) a run
   load_model(path)              a trained model with .predict / .predict_proba / .evaluate
@@ -20,8 +21,9 @@ _os.environ.setdefault("NUMBA_CACHE_DIR", str(_numba_cache_dir()))
 
 from .plugins.activation import Activation  # noqa: E402
 from .plugins.hookspecs import hookimpl  # noqa: E402
+from .plugins.logger import Logger, RunInfo  # noqa: E402
 
-__all__ = ["Activation", "hookimpl", "train", "resume", "load_model", "load_dataset", "__version__"]
+__all__ = ["Activation", "Logger", "RunInfo", "hookimpl", "train", "resume", "load_model", "load_dataset", "__version__"]
 _LAZY = {"train", "resume", "load_model", "load_dataset"}  # from .api, imported on first use
 
 

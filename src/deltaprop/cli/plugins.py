@@ -7,14 +7,15 @@ import typer
 
 from .common import HELP, console, handle_errors
 
-app = typer.Typer(help="Activation plugins: list them, check their derivatives.", no_args_is_help=True,
+app = typer.Typer(help="Plugins (activations and loggers): list them, check activation derivatives.", no_args_is_help=True,
                   context_settings=HELP)
 
 
 @app.command("list")
 @handle_errors
 def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """Every plugin with its source package, version, status, activations and derivative checks."""
+    """Every plugin with its source package, version, status, activations (with their derivative
+    checks) and loggers."""
     from ..errors import PluginError
     from ..plugins.manager import get_registry
     reg = get_registry()
@@ -27,14 +28,14 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
             return {"ok": False, "error": str(exc)}
 
     rows = [{"name": p.name, "source": p.source, "version": p.version, "status": p.status,
-             "reason": p.reason, "activations": p.activations,
+             "reason": p.reason, "activations": p.activations, "loggers": p.loggers,
              "checks": {a: checked(a) for a in p.activations} if p.status == "ok" else {}} for p in reg.plugins]
     if json_:
         print(json.dumps(rows))
         return
     from rich.table import Table
     from rich.text import Text
-    table = Table("plugin", "package", "version", "status", "activations / reason")
+    table = Table("plugin", "package", "version", "status", "activations, loggers / reason")
     for r in rows:
         failing = [a for a, c in r["checks"].items() if not c["ok"]]
         if r["status"] != "ok":
@@ -46,6 +47,8 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
                 for a in failing for c in [r["checks"][a]]) + "; training refuses it, predict works)"
         else:
             status, text = Text("ok", style="green"), ", ".join(r["activations"])
+        if r["status"] == "ok" and r["loggers"]:
+            text += ("; " if r["activations"] else "") + "loggers: " + ", ".join(r["loggers"])
         table.add_row(r["name"], r["source"], r["version"], status, text)
     console.print(table)
 

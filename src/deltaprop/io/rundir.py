@@ -126,20 +126,32 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         """Every epoch's metrics; a line cut short by a kill (or not names and finite numbers)
         is left out."""
+        return _read_jsonl(self.metrics_path)
+
+    # ---- steps.jsonl: the step scalars, every logging.every_steps steps -------------------------
+    @property
+    def steps_path(self) -> Path:
+        return self.path / "steps.jsonl"
+
+    def keep_steps(self, up_to: int) -> None:
+        """Drop the lines after global step `up_to` (a killed attempt's, past the checkpoint a
+        run continues from; they are logged again as the run repeats those steps)."""
+        kept = [m for m in self.read_steps() if m["step"] <= up_to]
+        if kept or self.steps_path.exists():
+            atomic_write(self.steps_path, "".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
+
+    def append_steps(self, records: list[dict]) -> None:
+        if not records:
+            return
         try:
-            lines = self.metrics_path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
-            return []
-        out = []
-        for line in lines:
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(m, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                           and math.isfinite(v) for v in m.values()):
-                out.append(m)
-        return out
+            with open(self.steps_path, "a") as f:
+                f.write("".join(json.dumps(m, sort_keys=True) + "\n" for m in records))
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.steps_path}: {describe(exc)}") from None
+
+    def read_steps(self) -> list[dict]:
+        """Every step record (a line cut short by a kill is left out)."""
+        return [m for m in _read_jsonl(self.steps_path) if isinstance(m.get("step"), int)]
 
     # ---- checkpoints/ and model.safetensors --------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -192,6 +204,24 @@ class RunDir:
             return "no log"
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    """The lines of a metrics file that are objects of names and finite numbers."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(m, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       and math.isfinite(v) for v in m.values()):
+            out.append(m)
+    return out
+
+
 class NullRunDir(RunDir):
     """A run kept in memory: no lock, no files, no checkpoints."""
 
@@ -217,6 +247,13 @@ class NullRunDir(RunDir):
     def write_metrics(self, history: list[dict]) -> None: ...
 
     def append_metrics(self, metrics: dict) -> None: ...
+
+    def keep_steps(self, up_to: int) -> None: ...
+
+    def append_steps(self, records: list[dict]) -> None: ...
+
+    def read_steps(self) -> list[dict]:
+        return []
 
     def read_metrics(self) -> list[dict]:
         return []

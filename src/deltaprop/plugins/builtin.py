@@ -124,3 +124,10 @@ BUILTINS = [
 def register_activations(register):
     for activation in BUILTINS:
         register(activation)
+
+
+@hookimpl
+def register_loggers(register):
+    from . import builtin_loggers
+    register("tensorboard", builtin_loggers.TensorBoardLogger)
+    register("mlflow", builtin_loggers.MLflowLogger)

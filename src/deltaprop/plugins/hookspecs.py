@@ -9,3 +9,9 @@ hookimpl = pluggy.HookimplMarker("deltaprop")
 @hookspec
 def register_activations(register):
     """Register activation functions: call `register(Activation(...))` once per activation."""
+
+
+@hookspec
+def register_loggers(register):
+    """Register training loggers: call `register(name, factory)` once per logger, where
+    `factory()` returns a `deltaprop.Logger` (see deltaprop/plugins/logger.py)."""

@@ -1,7 +1,8 @@
 """The plugin manager: loads the builtins and every `deltaprop` entry point, each guarded.
 
-A plugin that fails to import, raises in its hook, implements a misspelt hook, or registers a
-duplicate name or a non-jitted function is recorded as broken with the reason; the others load.
+A plugin implements `register_activations`, `register_loggers` or both. One that fails to import,
+raises in a hook, implements a misspelt hook, or registers a duplicate name, a non-jitted function
+or a logger factory that is not callable is recorded as broken with the reason; the others load.
 `DELTAPROP_LOAD_PLUGINS=a,b` limits which entry points load (empty: none). Builtins always load.
 """
 
@@ -15,6 +16,7 @@ from ..errors import PluginError
 from . import builtin, hookspecs
 from .activation import Activation
 from .gradcheck import CheckResult, check_derivative
+from .logger import LoggerSpec
 
 BUILTIN_SOURCE = "deltaprop"
 
@@ -27,15 +29,33 @@ class PluginInfo:
     status: str = "ok"  # ok | broken
     reason: str = ""
     activations: list[str] = field(default_factory=list)
+    loggers: list[str] = field(default_factory=list)
+
+
+# The run's own record (metrics.jsonl, steps.jsonl): always on, not a plugin (training/loggers.py)
+RESERVED_LOGGERS = ("jsonl",)
 
 
 @dataclass
 class Registry:
-    """Activations by name, and what happened to every plugin that tried to register some."""
+    """Activations and loggers by name, and what happened to every plugin that tried to register."""
 
     activations: dict[str, Activation]
     plugins: list[PluginInfo]
     _checks: dict[str, CheckResult] = field(default_factory=dict)
+    loggers: dict[str, LoggerSpec] = field(default_factory=dict)
+
+    def logger(self, name: str) -> LoggerSpec:
+        """The registered logger `name`; a PluginError names a broken plugin that meant to give it."""
+        if name in self.loggers:
+            return self.loggers[name]
+        broken = [p for p in self.plugins if p.status == "broken" and name in (p.name, *p.loggers)]
+        if broken:
+            p = broken[0]
+            raise PluginError(f"logger {name!r} comes from plugin {p.name!r} ({p.source} {p.version}), "
+                              f"which is broken: {p.reason}")
+        raise PluginError(f"unknown logger {name!r}; registered: "
+                          f"{', '.join(sorted([*RESERVED_LOGGERS, *self.loggers]))}")
 
     def get(self, name: str) -> Activation:
         if name in self.activations:
@@ -130,12 +150,18 @@ def _load_one(pm, registry: Registry, name: str, load, info: PluginInfo) -> None
         info.status, info.reason = "broken", f"invalid hooks: {exc}"
         return
     found: list[Activation] = []
+    loggers: list[LoggerSpec] = []
+    hook = "register_activations"
     try:
         for impl in pm.hook.register_activations.get_hookimpls():
             if impl.plugin is module:
                 impl.function(register=found.append)
+        hook = "register_loggers"
+        for impl in pm.hook.register_loggers.get_hookimpls():
+            if impl.plugin is module:
+                impl.function(register=lambda name, factory: loggers.append(LoggerSpec(name, factory)))
     except BaseException as exc:
-        info.status, info.reason = "broken", f"register_activations raised {type(exc).__name__}: {exc}"
+        info.status, info.reason = "broken", f"{hook} raised {type(exc).__name__}: {exc}"
         return
     problems = []
     for act in found:
@@ -146,20 +172,30 @@ def _load_one(pm, registry: Registry, name: str, load, info: PluginInfo) -> None
         if act.name in registry.activations:
             other = registry.activations[act.name]
             problems.append(f"activation {act.name!r} is already registered by {other.source}")
+    for spec in loggers:
+        problems += spec.problems()
+        if spec.name in RESERVED_LOGGERS:
+            problems.append(f"logger name {spec.name!r} is reserved (deltaprop's own record)")
+        elif spec.name in registry.loggers:
+            problems.append(f"logger {spec.name!r} is already registered by {registry.loggers[spec.name].source}")
     names = [a.name for a in found if isinstance(a, Activation)]
-    if len(set(names)) < len(names):
+    logger_names = [s.name for s in loggers]
+    if len(set(names)) < len(names) or len(set(logger_names)) < len(logger_names):
         problems.append("registers the same name twice")
     info.activations = [str(n) for n in names]
+    info.loggers = [str(n) for n in logger_names]
     if problems:
         info.status, info.reason = "broken", "; ".join(problems)
         return
     for act in found:
         registry.activations[act.name] = _with_source(act, info)
+    for spec in loggers:
+        registry.loggers[spec.name] = _with_source(spec, info)
 
 
-def _with_source(act: Activation, info: PluginInfo) -> Activation:
+def _with_source(item, info: PluginInfo):
     from dataclasses import replace
-    return replace(act, source=info.source, version=info.version)
+    return replace(item, source=info.source, version=info.version)
 
 
 def _own_version() -> str:

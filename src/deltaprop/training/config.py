@@ -115,6 +115,15 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    # jsonl (metrics.jsonl, steps.jsonl) is always on; others: tensorboard, mlflow, or a plugin's
+    loggers: tuple[str, ...] = ("jsonl",)
+    every_steps: int = option(50, ge=1)  # step scalars at every multiple of this global step
+    mlflow_tracking_uri: str = ""  # "": $MLFLOW_TRACKING_URI, else sqlite:///$DELTAPROP_HOME/mlflow.db
+    mlflow_experiment: str = "deltaprop"
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -123,6 +132,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         """Every key's value; optimizer.weight_decay resolved (torch's default for the optimizer)."""
@@ -188,6 +198,11 @@ def _check_whole(c: Config, source: str) -> None:
         valid = [m for m in rule_of(EarlyStoppingConfig, "monitor").choices if MONITOR_LOSS.get(m, loss) == loss]
         raise ConfigError(f"{source}: early_stopping.monitor = {monitor!r} needs training.loss = "
                           f"{MONITOR_LOSS[monitor]!r}; with {loss} use one of {', '.join(valid)}")
+    seen = set()
+    for i, name in enumerate(c.logging.loggers):
+        if name in seen:
+            raise ConfigError(f"{source}: logging.loggers[{i}] = {name!r} is listed twice")
+        seen.add(name)
     if c.early_stopping.patience and c.early_stopping.monitor.startswith("val_") and c.data.validation_fraction == 0:
         raise ConfigError(f"{source}: early_stopping.monitor = {c.early_stopping.monitor!r} needs "
                           "data.validation_fraction > 0 (or monitor = \"train_loss\")")

@@ -19,6 +19,7 @@ class Reporter:
     def advance(self, steps: int, loss: float, accuracy: float | None, samples_per_s: float): ...
     def epoch_end(self, metrics: dict): ...
     def note(self, text: str): ...
+    def summary(self, text: str): ...  # the model summary (training/summary.py), at the start
 
 
 @dataclass
@@ -77,4 +78,7 @@ class LineReporter(Reporter):
         self._print(f"epoch {metrics['epoch']}/{self.epochs} " + format_metrics(metrics))
 
     def note(self, text: str):
+        self._print(text)
+
+    def summary(self, text: str):
         self._print(text)

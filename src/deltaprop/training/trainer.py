@@ -32,11 +32,13 @@ from ..io.rundir import NullRunDir, RunDir
 from .checkpoint import check_plugins, checkpoint_contents, restore
 from .config import Config
 from .early_stopping import EarlyStopping
+from .loggers import RunLoggers
 from .order import EpochOrder, prefetch_blocks
 from .prepare import Prepared, prepare
 from .run import Reporter, RunResult, Start  # noqa: F401  (Start: re-exported)
 from .schedule import Schedule
 from .state import State
+from .summary import model_summary, summary_text
 from .threads import ThreadTuner
 
 CHUNK_SECONDS = 0.25
@@ -66,6 +68,7 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
+        self.loggers = RunLoggers(c, self.registry, self.rundir, self.reporter.note)  # names checked first
         self.prep: Prepared = prepare(c, self.registry, self.arrays, n_outputs=self.n_outputs,
                                       source=self.source)
         m = self.prep.model
@@ -131,6 +134,7 @@ class Trainer:
 
     def _save(self) -> Path | None:
         self._check_finite()
+        self.loggers.flush()  # what was logged before a checkpoint survives a kill after it
         tensors, meta = checkpoint_contents(self.prep.model, self.opt.name, self.opt_state,
                                             self.stopper.best_theta, self.state, self.engine.threads)
         return self.rundir.save_checkpoint(self.state.step, tensors, meta, self.config.checkpoint.keep)
@@ -197,14 +201,25 @@ class Trainer:
         self.rundir.write_metrics(self.state.history)  # the history up to the restored checkpoint
         self.reporter.start(self.rundir.path, self.config.training.epochs, self.steps_per_epoch,
                             found.name if found else None)
+        summary = model_summary(self.prep.model, self.opt.name, self.opt.momentum)
+        self.reporter.summary(summary_text(summary))
+        self.loggers.start(self.config, summary, resume, self.state, self.steps_per_epoch)
+        rd, status = self.rundir, "failed"
         try:
             with catch_signals(self._on_signal) if self.rundir.persistent else nullcontext():
                 stopped_early = self._loop()
-            return self._finish(stopped_early)
+            result = self._finish(stopped_early)
+            status = "finished"
+            return result
+        except (Interrupted, KeyboardInterrupt):
+            status = "interrupted"
+            raise
         except WriteError as exc:  # a full disk or a read-only mount, mid-run: the run failed
             raise TrainingFailed(f"{exc}. The run stopped at epoch {self.state.epoch + 1}, step "
                                  f"{self.state.step}; its last good checkpoint is kept. Free some space "
                                  f"and continue with: deltaprop resume {self.rundir.path}") from None
+        finally:
+            self.loggers.end(status, rd.model_path if rd.persistent and status == "finished" else None)
 
     def _extend(self) -> None:
         """Resume to a new epoch count: refuse fewer epochs than trained, reopen a run that ended
@@ -252,6 +267,8 @@ class Trainer:
                 rows = np.minimum(self.batch, self.n_train - (st.pos + self.batch * np.arange(done)))
                 for v in step_loss[:done] * rows:  # one step at a time: independent of chunking
                     st.loss_sum += float(v)
+                self.loggers.steps(st.step, step_loss[:done], lrs[:done], step_correct[:done], rows,
+                                   sum(rows) / max(dt, 1e-9), self.prep.model.loss == "cross_entropy")
                 st.correct += int(step_correct[:done].sum())
                 if self.tuner:
                     self.tuner.record(self.engine.threads, dt, int(rows.sum()))
@@ -282,6 +299,7 @@ class Trainer:
         metrics["samples_per_s"] = st.seen / max(st.train_seconds, 1e-9)
         st.history.append(metrics)
         self.rundir.append_metrics(metrics)
+        self.loggers.epoch(metrics)
         self.reporter.epoch_end(metrics)
         why = self.stopper.update(metrics, st, self.theta)
         if why:
