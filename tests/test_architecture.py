@@ -46,7 +46,8 @@ ALLOWED = {
     "compute": {"kernels", "plugins"},
     "training": {"io", "compute", "plugins"},
     "jobs": {"io"},
-    "cli": {"training", "jobs", "io", "plugins", "api"},
+    "view": {"io"},
+    "cli": {"training", "jobs", "io", "plugins", "api", "view"},
     "api": {"training", "io"},
     "sklearn": {"training", "io", "compute"},
 }
@@ -81,7 +82,7 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-RUN_DIR_NAMES = {"config.toml", "metrics.jsonl", "steps.jsonl", "checkpoints", "model.safetensors", "log.txt"}
+RUN_DIR_NAMES = {"config.toml", "metrics.jsonl", "steps.jsonl", "status.json", "checkpoints", "model.safetensors", "log.txt"}
 
 
 def _code_strings(tree: ast.Module):

@@ -104,7 +104,7 @@ def one_json_object(stdout: str) -> dict:
 
 def test_train_writes_the_run_directory(run, data):
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.toml", "metrics.jsonl",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "status.json"]
     cfg = tomllib.loads((run / "config.toml").read_text())
     assert cfg["model"]["hidden"] == [HIDDEN]
     assert cfg["training"]["epochs"] == 3 and cfg["training"]["batch_size"] == 32

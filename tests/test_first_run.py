@@ -108,8 +108,9 @@ def test_version_short_help_and_a_short_model_repr(tmp_path, mine):
         assert_exit(r, 0)
         assert "Usage:" in r.output
     assert_exit(cli("train", _config(tmp_path, mine), "--run-dir", tmp_path / "run"), 0)
-    text = repr(deltaprop.load_model(tmp_path / "run"))
-    assert text.startswith("Model(sizes=[12, 8, 3]") and "parameters=131" in text and len(text) < 300
+    text = repr(deltaprop.load_model(tmp_path / "run"))  # the summary, not arrays
+    assert text.startswith("Model(cross_entropy, float32)\nlayer") and "8 x 12" in text and "3 x 8" in text
+    assert "parameters: 131 " in text and len(text) < 600
 
 
 def test_jobs_messages(tmp_path, mine, monkeypatch):

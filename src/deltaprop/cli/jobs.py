@@ -124,16 +124,21 @@ def list_(
     from ..jobs.queue import STATES
     if status and status not in STATES:
         raise DeltapropError(f"--status {status!r}: use one of {', '.join(STATES)}")
+    from ..view.runlist import read_run
     jobs = _queue(readonly=True).list(status)
+    runs = {j.id: read_run(Path(j.run_dir)) for j in jobs}  # progress and the best metric so far
     if json_:
-        print(json.dumps([j.__dict__ for j in jobs]))
+        print(json.dumps([j.__dict__ | {"epochs_done": runs[j.id].epochs_done, "epochs": runs[j.id].epochs,
+                                        "best": runs[j.id].best} for j in jobs]))
         return
     if not jobs:
         console.print(f"no {status} jobs" if status else "no jobs")
         return
-    columns = ("id", "name", "status", "attempts", "created", "run dir", "error")
-    rows = [(str(j.id), j.name, j.status, f"{j.attempts}/{j.max_attempts}", _when(j.created_at), j.run_dir,
-             j.error or "") for j in jobs]
+    columns = ("id", "name", "status", "attempts", "epoch", "best", "created", "run dir", "error")
+    rows = [(str(j.id), j.name, j.status, f"{j.attempts}/{j.max_attempts}",
+             f"{runs[j.id].epochs_done}/{runs[j.id].epochs}" if runs[j.id].epochs else "",
+             "{metric}={value:.4g}".format(**runs[j.id].best) if runs[j.id].best else "",
+             _when(j.created_at), j.run_dir, j.error or "") for j in jobs]
     if not console.is_terminal:  # piped: whole lines, tab-separated, nothing cut to fit a width
         for row in [columns, *rows]:
             print("\t".join(row))
@@ -171,6 +176,10 @@ def show(job_id: Annotated[int, typer.Argument(help="Job id.")]):
     history = RunDir(job.run_dir).read_metrics()
     if history:
         print("last epoch: " + json.dumps(history[-1], sort_keys=True))
+        if console.is_terminal and len(history) > 1:  # off when piped
+            from ..view.runlist import sparkline
+            losses = [m["loss"] for m in history if "loss" in m]
+            console.print(f"loss per epoch: {sparkline(losses, width=60)} {losses[0]:.4g} -> {losses[-1]:.4g}")
 
 
 @app.command()

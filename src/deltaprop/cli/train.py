@@ -17,6 +17,10 @@ def _summary(result) -> None:
     console.print(f"done: {result.run_dir} after {plural(len(result.metrics), 'epoch')}"
                   + (" (stopped early)" if result.stopped_early else "") + ("; " + " ".join(parts) if parts else ""))
     console.print(f"model: {RunDir(result.run_dir).model_path}")
+    if console.is_terminal and len(result.metrics) > 1:  # off when piped
+        from ..view.runlist import sparkline
+        losses = [m["loss"] for m in result.metrics if "loss" in m]
+        console.print(f"loss per epoch: {sparkline(losses, width=60)} {losses[0]:.4g} -> {losses[-1]:.4g}")
 
 
 def _run(fn, *args, **kwargs):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -98,6 +99,38 @@ class RunDir:
             yield
         finally:
             os.close(fd)
+
+    def in_use(self) -> bool:
+        """Whether a process holds the lock (trains this run) now."""
+        import fcntl
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    # ---- status.json: how the last process that trained the run ended ------------------------
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    def write_status(self, status: str, **fields) -> None:
+        """running (written at the start: still there after a SIGKILL), finished, interrupted, failed."""
+        atomic_write(self.status_path, json.dumps({"status": status, "time": time.time(), **fields},
+                                                  sort_keys=True) + "\n")
+
+    def read_status(self) -> dict:
+        try:
+            found = json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) and isinstance(found.get("status"), str) else {}
 
     # ---- config.toml -------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
@@ -249,6 +282,8 @@ class NullRunDir(RunDir):
     def append_metrics(self, metrics: dict) -> None: ...
 
     def keep_steps(self, up_to: int) -> None: ...
+
+    def write_status(self, status: str, **fields) -> None: ...
 
     def append_steps(self, records: list[dict]) -> None: ...
 

@@ -9,6 +9,7 @@ goes on. The jsonl record is not guarded: it is the run's own metrics.jsonl / st
 failing to write it (a full disk) fails the run like any other write.
 """
 
+import os
 from pathlib import Path
 
 from ..errors import ConfigError, PluginError, WriteError
@@ -29,6 +30,7 @@ class JsonlSteps(Logger):
 
     def start(self, run: RunInfo) -> None:
         self.rundir.keep_steps(run.step)
+        self.rundir.write_status("running", pid=os.getpid(), epoch=run.epoch, step=run.step)
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         self.pending.append({"step": step, **scalars})
@@ -37,8 +39,9 @@ class JsonlSteps(Logger):
         pending, self.pending = self.pending, []
         self.rundir.append_steps(pending)
 
-    def end(self, status: str, model_path: Path | None) -> None:
+    def end(self, status: str, model_path: Path | None, *, epoch: int = 0, step: int = 0, error: str = "") -> None:
         self.flush()
+        self.rundir.write_status(status, epoch=epoch, step=step, **({"error": error} if error else {}))
 
 
 class RunLoggers:
@@ -112,11 +115,11 @@ class RunLoggers:
         self.jsonl.flush()
         self._call("flush")
 
-    def end(self, status: str, model_path: Path | None) -> None:
+    def end(self, status: str, model_path: Path | None, state, error: str = "") -> None:
         """On a failure, the jsonl record may not be writable (that may be why the run failed):
         the run's own error is the one reported."""
         try:
-            self.jsonl.end(status, model_path)
+            self.jsonl.end(status, model_path, epoch=state.epoch, step=state.step, error=error)
         except WriteError:
             if status == "finished":
                 raise

@@ -39,9 +39,14 @@ class Model:
     _engine: object = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
-        """A summary, not ~15 KB of weights."""
-        return (f"Model(sizes={self.sizes}, activations={self.activations}, loss={self.loss!r}, "
-                f"dtype={self.dtype!r}, parameters={self.theta.size:,}, scale={self.scale!r})")
+        """The summary (training/summary.py: layers, parameters, FLOPs), not ~15 KB of weights."""
+        from .summary import model_summary, summary_text
+        return f"Model({self.loss}, {self.dtype})\n" + summary_text(model_summary(self))
+
+    def summary(self) -> dict:
+        """Layers, parameter count, FLOPs per sample and memory, as data."""
+        from .summary import model_summary
+        return model_summary(self)
 
     # ---- computing -----------------------------------------------------------------------
     def engine(self, threads: int = 0):

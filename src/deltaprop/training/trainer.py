@@ -204,22 +204,24 @@ class Trainer:
         summary = model_summary(self.prep.model, self.opt.name, self.opt.momentum)
         self.reporter.summary(summary_text(summary))
         self.loggers.start(self.config, summary, resume, self.state, self.steps_per_epoch)
-        rd, status = self.rundir, "failed"
+        rd, status, error = self.rundir, "failed", ""
         try:
             with catch_signals(self._on_signal) if self.rundir.persistent else nullcontext():
                 stopped_early = self._loop()
             result = self._finish(stopped_early)
             status = "finished"
             return result
-        except (Interrupted, KeyboardInterrupt):
-            status = "interrupted"
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
+            error = str(exc)
+            if isinstance(exc, WriteError):  # a full disk or a read-only mount, mid-run: the run failed
+                error = (f"{exc}. The run stopped at epoch {self.state.epoch + 1}, step {self.state.step}; its "
+                         f"last good checkpoint is kept. Free some space and continue with: deltaprop resume {rd.path}")
+                raise TrainingFailed(error) from None
             raise
-        except WriteError as exc:  # a full disk or a read-only mount, mid-run: the run failed
-            raise TrainingFailed(f"{exc}. The run stopped at epoch {self.state.epoch + 1}, step "
-                                 f"{self.state.step}; its last good checkpoint is kept. Free some space "
-                                 f"and continue with: deltaprop resume {self.rundir.path}") from None
         finally:
-            self.loggers.end(status, rd.model_path if rd.persistent and status == "finished" else None)
+            self.loggers.end(status, rd.model_path if rd.persistent and status == "finished" else None,
+                             self.state, error)
 
     def _extend(self) -> None:
         """Resume to a new epoch count: refuse fewer epochs than trained, reopen a run that ended
