@@ -134,7 +134,7 @@ def _metadata(model, output: str, classes) -> dict[str, str]:
             "sizes": json.dumps(model.sizes), "activations": json.dumps(model.activations),
             "plugins": json.dumps(model.plugins), "scale": model.scale, "input": INPUT, "output": output}
     if model.loss == "cross_entropy":
-        meta["classes"] = json.dumps(list(range(model.sizes[-1])) if classes is None else list(classes))
+        meta["classes"] = json.dumps(list(range(model.sizes[-1])) if classes is None else list(classes), default=str)
     return meta
 
 
