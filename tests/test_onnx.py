@@ -9,13 +9,14 @@ without editing this file.
 """
 
 import json
+import re
 import subprocess
 import sys
 import warnings
 
 import numpy as np
 import pytest
-from fixtures.cli import assert_exit, cli, use_registry
+from fixtures.cli import ROOT, assert_exit, cli, use_registry
 from fixtures.data import write_classification, write_config, write_regression
 from fixtures.fakedist import make_fake_dist, module_name
 
@@ -261,6 +262,21 @@ def test_python_api_returns_the_proto_and_writes_atomically(relu_model, tmp_path
         m.to_onnx(tmp_path / "a.onnx", overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]  # no temp files left
     assert (tmp_path / "a.onnx").read_bytes() == proto.SerializeToString()
+
+
+def test_readme_example_runs(relu_model, xfile, tmp_path):
+    """The README's "Export to ONNX" Python block, on the relu model instead of Fashion-MNIST."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"### Export to ONNX\n.*?```python\n(.*?)```", text, re.S).group(1)
+    labelled = tmp_path / "test.npz"
+    np.savez(labelled, X=np.load(xfile)["X"], y=np.zeros(N_ROWS, np.int64))
+    code = (block.replace('"runs/fm"', repr(str(relu_model / "m.safetensors")))
+            .replace('"fm.onnx"', repr(str(tmp_path / "fm.onnx"))).replace('"fashion-mnist:test"', repr(str(labelled))))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    want = predict_cli(relu_model / "m.safetensors", xfile, tmp_path)
+    assert np.abs(namespace["proba"] - want).max() <= TOL32
+    assert set(namespace["labels"]) <= {"cat", "dog", "emu"} and len(namespace["labels"]) == N_ROWS
 
 
 # ---- preprocessing and training options --------------------------------------------------------

@@ -4,7 +4,7 @@ Public API (kept light: Numba is imported only when a kernel is needed):
   hookimpl, Activation          write an activation plugin
   train(config, run_dir=None, overwrite=False, progress=False, **overrides)   a run's `RunResult`
   resume(run_dir, epochs=None)  continue (or extend) a run
-  load_model(path)              a trained model with .predict / .predict_proba / .evaluate
+  load_model(path)              a trained model with .predict / .predict_proba / .evaluate / .to_onnx
   load_dataset(spec)            a dataset's arrays (.X, .y), e.g. "fashion-mnist:test"
 """
 
