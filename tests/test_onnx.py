@@ -405,18 +405,22 @@ def test_an_onnx_form_that_is_not_a_function_breaks_the_plugin():
 
 def test_sklearn_classifier_to_onnx(tmp_path):
     from deltaprop.sklearn import MLPClassifier
+    pd = pytest.importorskip("pandas")
     rng = np.random.default_rng(5)
     Xs = rng.normal(size=(150, 6))
     y = np.array(["ant", "bee", "cow"])[(Xs[:, :3]).argmax(1)]
+    df = pd.DataFrame(Xs, columns=[f"f{i}" for i in range(6)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning after 5 epochs
-        clf = MLPClassifier(hidden_layer_sizes=(12,), max_iter=5, random_state=0).fit(Xs, y)
+        clf = MLPClassifier(hidden_layer_sizes=(12,), max_iter=5, random_state=0).fit(df, y)
     proto = clf.to_onnx(tmp_path / "clf.onnx")
     got = run_onnx(tmp_path / "clf.onnx", Xs.astype(np.float32))
+    Xs = df
     MEASURED["sklearn MLPClassifier"] = diff = float(np.abs(got - clf.predict_proba(Xs)).max())
     assert diff <= TOL32
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["classes"]) == ["ant", "bee", "cow"] and meta["estimator"] == "MLPClassifier"
+    assert json.loads(meta["feature_names_in"]) == list(df.columns)
     labels = np.array(json.loads(meta["classes"]))[got.argmax(1)]
     assert (labels == clf.predict(Xs)).mean() > 0.99  # ties at 1e-7 aside
 

@@ -64,7 +64,7 @@ def check_output(loss: str, output: str | None) -> str:
 def build_onnx(model, *, opset: int | None = None, output: str | None = None, registry=None,
                classes: list | None = None, metadata: dict | None = None):
     """The `onnx.ModelProto` of `model`, checked by onnx.checker. `classes` overrides the model's
-    class names in the metadata (an estimator's classes_); `metadata` adds string entries."""
+    class names in the metadata (an estimator's classes_); `metadata` adds entries (non-strings as JSON)."""
     onnx = require_onnx()
     opset, output = check_opset(opset), check_output(model.loss, output)
     acts = model.activation_objects(registry)
@@ -97,7 +97,8 @@ def build_onnx(model, *, opset: int | None = None, output: str | None = None, re
         doc_string=f"deltaprop {model.loss} MLP {model.sizes}: input {INPUT!r} -> output {output!r}")
     proto = onnx.helper.make_model_gen_version(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
                                                producer_name="deltaprop", producer_version=_version())
-    onnx.helper.set_model_props(proto, _metadata(model, output, classes) | dict(metadata or {}))
+    extra = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in (metadata or {}).items()}
+    onnx.helper.set_model_props(proto, _metadata(model, output, classes) | extra)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError: a plugin's expression is wrong
