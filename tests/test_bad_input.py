@@ -128,6 +128,12 @@ CASES = [
     ("train into a directory holding a run", lambda d: ["train", cfg(d), "--run-dir", str(d / "run")],
      ["already holds a run", "deltaprop resume"]),
     ("resume a directory that is not a run", lambda d: ["resume", str(d)], ["not a run directory", "config.toml"]),
+    ("export to a file that exists", lambda d: ["export", str(d / "run"), "-o", str(d / "ok.npz")],
+     ["ok.npz already exists", "--overwrite"]),
+    ("export into a missing directory", lambda d: ["export", str(d / "run"), "-o", str(d / "out" / "m.onnx")],
+     ["cannot write", "m.onnx", "does not exist"]),
+    ("export at an unsupported opset", lambda d: ["export", str(d / "run"), "-o", str(d / "m.onnx"), "--opset", "7"],
+     ["opset 7 is not supported", "opsets 13 to"]),
 ]
 
 

@@ -6,6 +6,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from fixtures.cli import assert_exit, cli
+from fixtures.data import write_classification, write_config
 
 import deltaprop
 from deltaprop.api import read_config
@@ -15,8 +17,6 @@ from deltaprop.training.runs import train_run
 from deltaprop.training.summary import model_summary
 from deltaprop.view.plot import plot_curves
 from deltaprop.view.runlist import scan
-from fixtures.cli import assert_exit, cli
-from fixtures.data import write_classification, write_config
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ Public API (kept light: Numba is imported only when a kernel is needed):
   Logger, RunInfo               write a logger plugin (TensorBoard, MLflow are builtin ones)
   train(config, run_dir=None, overwrite=False, progress=False, **overrides)   a run's `RunResult`
   resume(run_dir, epochs=None)  continue (or extend) a run
-  load_model(path)              a trained model with .predict / .predict_proba / .evaluate
+  load_model(path)              a trained model with .predict / .predict_proba / .evaluate / .to_onnx
   load_dataset(spec)            a dataset's arrays (.X, .y), e.g. "fashion-mnist:test"
 """
 

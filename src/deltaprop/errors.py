@@ -27,6 +27,11 @@ class PluginError(DeltapropError):
     """An activation plugin is missing, broken or fails its derivative check."""
 
 
+class ExportError(DeltapropError):
+    """A model cannot be exported: the `onnx` package is missing, an activation has no ONNX form,
+    or the opset or output asked for is not supported."""
+
+
 class TrainingFailed(DeltapropError):
     """A run started but failed (divergence, crash). Exit code 1."""
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from . import evaluate, jobs, plugins, runs, train
+from . import evaluate, export, jobs, plugins, runs, train
 from .common import HELP
 
 app = typer.Typer(help="deltaprop: fast, reproducible MLP training on CPUs.", no_args_is_help=True,
@@ -28,6 +28,7 @@ app.command()(train.train)
 app.command()(train.resume)
 app.command()(evaluate.evaluate)
 app.command()(evaluate.predict)
+app.command()(export.export)
 app.command()(runs.summary)
 app.command()(runs.runs)
 app.command()(runs.plot)

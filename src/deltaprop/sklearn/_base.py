@@ -289,6 +289,20 @@ class _BaseMLP(BaseEstimator):
         from ._files import save
         save(self, path)
 
+    def to_onnx(self, path=None, *, opset=None, output=None, overwrite=True):
+        """The fitted model as ONNX (`onnx.ModelProto`), written to `path` when given, through the
+        same exporter as `deltaprop export` (no skl2onnx): input "input" (batch, n_features_in_),
+        output "probabilities" (classifier; or output="logits") or "outputs" (regressor, (batch,
+        n_outputs_)); classes_ and feature names in the metadata. Needs `deltaprop[onnx]`."""
+        from ..training.export import export_onnx
+        check_is_fitted(self)
+        meta = {"estimator": type(self).__name__}
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in"] = [str(v) for v in self.feature_names_in_]
+        classes = [_plain(c) for c in self.classes_] if hasattr(self, "classes_") else None
+        return export_onnx(self.model_, path, opset=opset, output=output, overwrite=overwrite,
+                           classes=classes, metadata=meta)
+
     @classmethod
     def load(cls, path):
         """A fitted estimator from a .safetensors model or run directory (one saved by `save`, or

@@ -52,17 +52,38 @@ class Model:
     def engine(self, threads: int = 0):
         if self._engine is None:
             from ..compute.engine import Engine
-            from ..plugins.manager import get_registry
-            registry = get_registry()
-            for name, info in self.plugins.items():
-                if name not in registry.activations:
-                    raise CheckpointError(
-                        f"this model uses activation {name!r} from plugin {info.get('source')} "
-                        f"{info.get('version')}, which is not installed (or failed to load: see "
-                        "`deltaprop plugins list`)")
+            registry = self._registry()
             self._engine = Engine(self.sizes, self.activations, self.loss, self.dtype, registry, threads,
                                   training=False)
         return self._engine
+
+    def _registry(self, registry=None):
+        """The plugin registry (default: the process's), checked to hold every activation used."""
+        if registry is None:
+            from ..plugins.manager import get_registry
+            registry = get_registry()
+        for name, info in self.plugins.items():
+            if name not in registry.activations:
+                raise CheckpointError(
+                    f"this model uses activation {name!r} from plugin {info.get('source')} "
+                    f"{info.get('version')}, which is not installed (or failed to load: see "
+                    "`deltaprop plugins list`)")
+        return registry
+
+    def activation_objects(self, registry=None) -> list:
+        """The `Activation` of each dense layer, from `registry` (default: the process's)."""
+        registry = self._registry(registry)
+        return [registry.get(name) for name in self.activations]
+
+    def to_onnx(self, path=None, *, opset: int | None = None, output: str | None = None,
+                overwrite: bool = True):
+        """This model as ONNX (`onnx.ModelProto`), written to `path` when given (atomically; an
+        existing file is replaced unless overwrite=False). Input "input" (batch, n_in) in the
+        model's dtype, preprocessing included; output "probabilities" (cross-entropy; or
+        output="logits") or "outputs" (mse), as `deltaprop predict` gives. `opset`: default 17.
+        Needs the `onnx` package (`pip install 'deltaprop[onnx]'`); see training/export.py."""
+        from .export import export_onnx
+        return export_onnx(self, path, opset=opset, output=output, overwrite=overwrite)
 
     @property
     def n_classes(self) -> int | None:

@@ -1,7 +1,8 @@
 """deltaprop-swish: an example third-party activation plugin, swish(x) = x * sigmoid(x).
 
 Installed with `pip install -e examples/deltaprop-swish`, it is found through the `deltaprop`
-entry-point group and registers the activation "swish" through the same hook as the builtins.
+entry-point group and registers the activation "swish" through the same hook as the builtins,
+with its ONNX form, so `deltaprop export --format onnx` exports models that use it.
 """
 
 import math
@@ -22,7 +23,11 @@ def swish_grad(x):  # derivative with respect to the input z
     return s + x * s * (1.0 - s)
 
 
+def swish_onnx(g, x):  # ONNX nodes for the export: x * Sigmoid(x)
+    return g.node("Mul", x, g.node("Sigmoid", x))
+
+
 @deltaprop.hookimpl
 def register_activations(register):
     register(deltaprop.Activation(name="swish", forward=swish, derivative=swish_grad,
-                                  derivative_of="input"))
+                                  derivative_of="input", onnx=swish_onnx))
