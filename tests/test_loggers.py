@@ -178,9 +178,15 @@ def test_a_broken_logger_is_reported_by_name_and_training_goes_on(tmp_path, data
 
 def test_an_unknown_or_uninstalled_logger_is_a_config_error_before_training(tmp_path, data, monkeypatch):
     cfg = read_config(_config(tmp_path, data, ["tensorbord"], epochs=1))
-    with pytest.raises(ConfigError, match=r"logging.loggers\[0\] = 'tensorbord': unknown logger .*tensorboard"):
+    with pytest.raises(ConfigError, match=r"logging.loggers\[0\] = 'tensorbord': unknown logger .*"
+                                          r"\(did you mean 'tensorboard'\?\)"):
         train_run(cfg, tmp_path / "a")
     assert not (tmp_path / "a" / "checkpoints").exists()
+    from fixtures.cli import assert_exit, cli
+    monkeypatch.setenv("DELTAPROP_HOME", str(tmp_path / "home"))
+    r = cli("submit", _config(tmp_path, data, ["tensorbord"], epochs=1))  # refused before queuing
+    assert_exit(r, 2)
+    assert "did you mean 'tensorboard'" in r.output and not (tmp_path / "home" / "queue.db").exists()
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard... raises ImportError
     cfg = read_config(_config(tmp_path, data, ["tensorboard"], epochs=1))
     with pytest.raises(ConfigError, match=r"pip install 'deltaprop\[tensorboard\]'"):
@@ -317,8 +323,9 @@ def test_a_sweep_through_the_job_runner_is_one_logged_run_per_job(tmp_path, data
     w = subprocess.run([DELTAPROP, "worker", "--concurrency", "2", "--until-empty"], env=env,
                        capture_output=True, text=True, timeout=900)
     assert w.returncode == 0, w.stderr
-    from deltaprop.jobs.queue import Queue
     from mlflow.tracking import MlflowClient
+
+    from deltaprop.jobs.queue import Queue
     jobs = Queue(home, create=False).list()
     assert [j.status for j in jobs] == ["succeeded"] * 3
     client = MlflowClient(tracking_uri=uri)
