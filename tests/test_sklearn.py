@@ -311,7 +311,7 @@ def test_same_weights_as_the_trainer_for_the_same_config(digits, tmp_path):
                         random_state=7).fit(Xtr, ytr)
     np.savez(tmp_path / "train.npz", X=Xtr.astype(np.float32), y=ytr)
     (tmp_path / "c.toml").write_text(
-        f'[model]\nhidden = [16]\n[data]\ntrain = "{tmp_path / "train.npz"}"\ntest = ""\nscale = "none"\n'
+        f'[model]\nhidden = [16]\ninit = "glorot_sklearn"\n[data]\ntrain = "{tmp_path / "train.npz"}"\ntest = ""\nscale = "none"\n'
         "[training]\nepochs = 3\nbatch_size = 100\nseed = 7\n")
     assert_exit(cli("train", tmp_path / "c.toml", "--run-dir", tmp_path / "run"), 0)
     cli_model = MLPClassifier.load(tmp_path / "run").model_

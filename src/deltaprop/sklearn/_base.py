@@ -14,6 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import ConfigError, DeltapropError
+from ..training.config import INIT_RULES
 from ..training.threads import SharedThreadTuner
 
 # config key -> the parameter that becomes it: config errors are reported under the parameter's name
@@ -62,7 +63,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dtype="float32",
-                 threads=0):
+                 threads=0, init="glorot_sklearn"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -85,6 +86,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.threads = threads
+        self.init = init
 
     # ---- parameters -> Config ----------------------------------------------------------------
     def _hidden(self) -> list[int]:
@@ -120,6 +122,8 @@ class _BaseMLP(BaseEstimator):
              f"momentum must be in [0, 1], got {self.momentum!r}")
         need(isinstance(self.validation_fraction, num) and 0 < self.validation_fraction < 1,
              f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        need(isinstance(self.init, str) and self.init in INIT_RULES,
+             f"init must be one of {', '.join(INIT_RULES)}, got {self.init!r}")
         self._config(2**31, self.max_iter, 0, bool(self.early_stopping), self.threads)
 
     def _np_dtype(self):
@@ -137,7 +141,7 @@ class _BaseMLP(BaseEstimator):
         monitor = ("val_accuracy" if self._loss == "cross_entropy" else "val_r2") if early_stopping else "train_loss"
         dtype = np.dtype(self.dtype).name if self.dtype in (np.float32, np.float64) else _plain(self.dtype)
         raw = {
-            "model": {"hidden": hidden, "activation": self._activations(len(hidden))},
+            "model": {"hidden": hidden, "activation": self._activations(len(hidden)), "init": self.init},
             "data": {"train": "", "test": "", "scale": "none",
                      "validation_fraction": _plain(self.validation_fraction) if early_stopping else 0.0},
             "training": {"epochs": _plain(epochs), "batch_size": batch, "loss": self._loss,

@@ -23,6 +23,8 @@ MONITOR_LOSS = {"val_accuracy": "cross_entropy", "train_accuracy": "cross_entrop
 # optimizer.weight_decay when not given: a sentinel, since TOML has no null and config.toml must
 # round-trip; any other negative value is an error
 WEIGHT_DECAY_UNSET = -1.0
+# model.init values that name a rule (anything else is a path to a .safetensors file)
+INIT_RULES = ("auto", "he", "xavier", "glorot_sklearn")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (256, 128)
     activation: str | tuple[str, ...] = "relu"  # one name, or one per hidden layer
     output_activation: str = "identity"  # mse only; cross-entropy's output is linear + softmax
-    init: str = "auto"  # auto | he | xavier | path to a .safetensors model
+    init: str = "auto"  # auto | he | xavier | glorot_sklearn | path to a .safetensors model
     dropout: float | tuple[float, ...] = 0.0  # per hidden layer
 
     def hidden_activations(self) -> list[str]:

@@ -17,7 +17,7 @@ from .._system import memory_bytes
 from ..compute import layout
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io.datasets import dataset_from_arrays, load_dataset
-from .config import Config
+from .config import INIT_RULES, Config
 from .model import Model
 from .targets import (
     MAX_CLASSES,
@@ -135,6 +135,25 @@ def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
     return layout.flatten(layers, dtype)
 
 
+def glorot_sklearn_theta(sizes, hidden_acts, seed: int, dtype) -> np.ndarray:
+    """scikit-learn's MLP initialisation (`BaseMultilayerPerceptron._init_coef`), draw for draw:
+    every layer's weights and biases ~ U(-b, b), b = sqrt(factor / (fan_in + fan_out)), factor 2
+    when the layer's activation is sigmoid (sklearn's "logistic") and 6 otherwise (the output layer
+    takes the last hidden layer's), drawn from `numpy.random.RandomState(seed)` in sklearn's order
+    (layer by layer: the (fan_in, fan_out) weights, then the biases). So an estimator with
+    `random_state=seed` starts from the very weights scikit-learn's would."""
+    rng = np.random.RandomState(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])
+    layers = []
+    for i in range(len(sizes) - 1):
+        n_in, n_out = sizes[i], sizes[i + 1]
+        act = hidden_acts[min(i, len(hidden_acts) - 1)] if hidden_acts else "relu"
+        bound = np.sqrt((2.0 if act == "sigmoid" else 6.0) / (n_in + n_out))
+        W = rng.uniform(-bound, bound, (n_in, n_out))
+        b = rng.uniform(-bound, bound, n_out)
+        layers.append((W.T, b))
+    return layout.flatten(layers, dtype)
+
+
 def _load_split(spec: str, config: Config, n_out: int, n_in: int, classes: list | None) -> Split:
     ds = load_dataset(spec, label_column=config.data.label_column)
     if ds.X.shape[1] != n_in:
@@ -181,6 +200,8 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     if c.model.init in ("auto", "he", "xavier"):
         inits = [registry.get(a).init if c.model.init == "auto" else c.model.init for a in hidden_acts]
         theta = init_theta(sizes, inits + ["xavier"], c.training.seed, c.training.dtype)
+    elif c.model.init == "glorot_sklearn":
+        theta = glorot_sklearn_theta(sizes, hidden_acts, c.training.seed, c.training.dtype)
     else:
         theta = _init_from_file(c.model.init, sizes)
     model = Model(sizes, acts, c.training.loss, c.training.dtype, theta.astype(c.training.dtype),
