@@ -15,7 +15,13 @@ from pathlib import Path
 from ._system import home
 from .errors import ConfigError
 from .io.rundir import RunDir
-from .training.config import INIT_RULES, Config, config_from_dict, load_config, merge_overrides
+from .training.config import (
+    INIT_RULES,
+    Config,
+    config_from_dict,
+    load_config,
+    merge_overrides,
+)
 from .training.model import load_model  # noqa: F401  (re-exported)
 from .training.prepare import resolve_data_spec
 from .training.run import LineReporter, RunResult

@@ -56,6 +56,8 @@ class DataConfig:
     validation_fraction: float = option(0.0, ge=0.0, lt=1.0)
     scale: str = option("auto", choices=("auto", "none", "unit", "standardize"))
     label_column: str = "label"  # for .csv
+    # sample weights: a .csv column (name or 0-based index) or .npz array; "": a .npz's array w if any
+    weight_column: str | int = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,9 @@ def _check_whole(c: Config, source: str) -> None:
         if h < 1:
             raise ConfigError(f"{source}: model.hidden[{i}] = {h} must be >= 1")
     c.model.hidden_activations()
+    if isinstance(c.data.weight_column, int) and c.data.weight_column < 0:
+        raise ConfigError(f"{source}: data.weight_column = {c.data.weight_column} is out of range: a column "
+                          "index must be >= 0 (or name the column)")
     for i, r in enumerate(c.model.dropout_rates()):
         if not 0.0 <= r < 1.0:
             raise ConfigError(f"{source}: model.dropout[{i}] = {r} must be in [0, 1)")
