@@ -14,7 +14,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import _check_name, check_estimator, estimator_checks_generator
+from sklearn.utils.estimator_checks import (
+    _check_name,
+    check_estimator,
+    estimator_checks_generator,
+)
 
 from deltaprop.io.safetensors import read_safetensors
 from deltaprop.sklearn import MLPClassifier, MLPRegressor, expected_failed_checks, load
