@@ -45,17 +45,19 @@ def phases(sizes: list[int], batch: int, threads: int, reps: int = 200) -> dict[
     k, P, L = e.kernels, e.threads, e.L
     labels, targets = e._targets(y)
     drop, coef, hyper = np.zeros(L), np.zeros(10, np.float32), opt.hyper()  # lr 0: theta stays
+    no_w = np.zeros(0)  # no sample weights
 
     def forward(pending):
         return lambda: k.forward(batch, e.xb, theta, e.sizes, e.woff, e.boff, e.hoff, e.act_ids, drop, 0, 0,
                                  e.Z, e.A, e.D, pending, 0, grad, state, coef, hyper, 2)
 
     out = {
-        "gather": lambda: k.gather(P, X, mean, inv_std, perm, 0, batch, e.xb, labels, e.yb, targets, e.tb),
+        "gather": lambda: k.gather(P, X, mean, inv_std, perm, 0, batch, e.xb, labels, e.yb, targets, e.tb,
+                                    no_w, e.wb),
         "forward": forward(False),
         "forward+update": forward(True),
         "loss": lambda: k.loss_delta(0, batch, e.act_ids[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
-                                 e.yb, e.tb, e.rowloss, e.correct),
+                                 e.yb, e.tb, 1.0 / batch, no_w, e.rowloss, e.correct),
         "backward": lambda: k.backward(batch, e.xb, theta, grad, e.sizes, e.woff, e.boff, e.hoff, e.act_ids,
                                        drop, 0, 0, e.Z, e.A, e.D, e.sq),
         "update": lambda: k.apply(P, 0, theta, grad, state, coef, hyper, 2),
