@@ -363,3 +363,21 @@ def test_unweighted_model_files_have_no_sample_weights_entry(tmp_path):
     _train(tmp_path, "run", _write(tmp_path, "d.npz", rng.normal(size=(50, 4)), rng.integers(0, 2, 50)), epochs=1)
     _, meta = read_safetensors(tmp_path / "run" / "model.safetensors")
     assert "sample_weights" not in meta
+
+
+def test_a_split_whose_weights_are_all_zero_is_an_error(tmp_path):
+    """Through the validation split: no training rows that count, or no validation rows that do."""
+    from deltaprop.api import read_config
+    from deltaprop.plugins.manager import get_registry
+    from deltaprop.training.prepare import prepare
+    rng = np.random.default_rng(11)
+    X, y = rng.normal(size=(20, 3)), np.arange(20) % 2
+    order = np.random.default_rng([0, 0x5A11]).permutation(20)  # prepare's split for seed 0
+    for part, message in ((order[:10], "of all 10 training rows are 0"), (order[10:], "of all 10 validation rows")):
+        w = np.zeros(20)
+        w[part] = 1.0
+        np.savez(tmp_path / "d.npz", X=X, y=y, w=w)
+        cfg = read_config({"model": {"hidden": [4]}, "data": {"train": str(tmp_path / "d.npz"), "test": "",
+                                                              "validation_fraction": 0.5}})
+        with pytest.raises(DataError, match=message):
+            prepare(cfg, get_registry())

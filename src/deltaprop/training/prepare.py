@@ -194,6 +194,10 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     if ds.w is not None and not ds.w[train_idx].any():
         raise DataError(f"{ds.source}: the sample weights ({ds.w_from}) of all {len(train_idx)} training rows "
                         "are 0 (the validation split holds every row with a positive weight)")
+    if val is not None and val.w is not None and not val.w.any():
+        raise DataError(f"{ds.source}: the sample weights ({ds.w_from}) of all {len(val.y)} validation rows are "
+                        "0, so the validation metrics would weigh nothing: give more rows a positive weight or "
+                        "change data.validation_fraction")
     test = _load_split(c.data.test, c, k, X.shape[1], classes) if c.data.test else None
 
     hidden_acts = c.model.hidden_activations()
