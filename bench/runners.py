@@ -263,7 +263,13 @@ def worker(args) -> dict:
         sizes = [N_IN, *hidden, N_OUT]
         for batch in parse_ints(args.batch_sizes):
             clock = procinfo.EpochClock()
-            losses = run(X, y, sizes, batch, 1 + args.timed_epochs, clock)
+            try:
+                losses = run(X, y, sizes, batch, 1 + args.timed_epochs, clock)
+            except Exception as exc:  # e.g. torch.compile without a working C++ compiler
+                if args.worker != "torch_compile":
+                    raise
+                return {"system": args.worker, "status": "skipped",
+                        "note": f"torch.compile unavailable: {type(exc).__name__}: {str(exc)[:200]}"}
             results.append({"hidden": list(hidden), "batch": batch, "seconds": clock.times[1:],
                             "warmup_seconds": clock.times[0], "loss": losses[-1],
                             "threads_used": clock.threads_info()})
