@@ -66,7 +66,7 @@ def _jax_parts(dtype: str):
         params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in init_layers(sizes, dtype=dtype)]
         return params, jnp.asarray(X), jnp.asarray(y.astype("int32"))
 
-    info = {"threads": None, "dtype": dtype, "jax": jax.__version__,
+    info = {"threads": "XLA's own (its pool is sized from the affinity)", "dtype": dtype, "jax": jax.__version__,
             "device": str(jax.devices()[0]), "xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}
     return jax, jnp, jit_step, jit_scan, to_device, info
 

@@ -65,6 +65,7 @@ class EpochClock:
         self.busy: dict[str, list] = {}   # tid -> [CPU seconds during timed epochs, name]
         self.timed_wall = 0.0
         self.n_threads = 0
+        self.all_names: dict[str, int] = {}
         self._t0 = None
         self._cpu0 = None
 
@@ -77,7 +78,11 @@ class EpochClock:
         dt = time.perf_counter() - self._t0
         if self.times:
             cpu1 = task_cpu()
-            self.n_threads = max(self.n_threads, len(cpu1))
+            if len(cpu1) >= self.n_threads:
+                self.n_threads = len(cpu1)
+                self.all_names = {}
+                for _, name in cpu1.values():
+                    self.all_names[name] = self.all_names.get(name, 0) + 1
             for tid, (cpu, name) in cpu1.items():
                 d = cpu - self._cpu0.get(tid, (0.0, name))[0]
                 if d > 1e-4:  # 0.1 ms: a thread that only woke up to go back to sleep did not run
@@ -92,7 +97,8 @@ class EpochClock:
         names = {}
         for _, name in self.busy.values():
             names[name] = names.get(name, 0) + 1
-        return {"threads_total": self.n_threads, "threads_busy": len(self.busy),
+        return {"threads_total": self.n_threads, "all_names": dict(sorted(self.all_names.items())),
+                "threads_busy": len(self.busy),
                 "busy_names": dict(sorted(names.items())),
                 "busy_cpu_seconds": sorted((round(t, 4) for t, _ in self.busy.values()), reverse=True),
                 "cpu_seconds": cpu_s, "wall_seconds": self.timed_wall,

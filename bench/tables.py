@@ -33,9 +33,10 @@ def threads_line(label, info) -> str:
     tu = info.get("threads_used") or {}
     names = ", ".join(f"{n}×{c}" for n, c in tu.get("busy_names", {}).items())
     cores = tu.get("cores_used")
+    allnames = ", ".join(f"{n}×{c}" for n, c in tu.get("all_names", {}).items())
     return (f"  {label}: affinity {info.get('affinity')}, library threads {info.get('threads')}; "
-            f"{tu.get('threads_busy', '—')} of {tu.get('threads_total', '—')} OS threads ran in the timed "
-            f"epochs ({names}); {'—' if cores is None else f'{cores:.2f}'} cores' worth of CPU")
+            f"{tu.get('threads_busy', '—')} of {tu.get('threads_total', '—')} OS threads ({allnames}) ran in the "
+            f"timed epochs ({names}); {'—' if cores is None else f'{cores:.2f}'} cores' worth of CPU")
 
 
 def print_section(name, sec, console) -> None:
