@@ -45,6 +45,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--save-json", default=None, metavar="PATH", help="also write the JSON object to PATH")
     ap.add_argument("--repeats", type=int, default=None, help="rounds per system; medians reported (3)")
     ap.add_argument("--batch-sizes", default=None, help="comma-separated (32,128,512)")
     ap.add_argument("--samples", type=int, default=None, help="samples per epoch (60000)")
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
     if opts.scaling:
         result["scaling"] = rounds.scaling_bench(opts, log)
     result["wall_seconds"] = time.perf_counter() - t0
+    if opts.save_json:
+        with open(opts.save_json, "w") as f:
+            json.dump(result, f, indent=2)
     if opts.json:
         print(json.dumps(result, indent=2))
     else:
