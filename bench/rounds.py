@@ -107,10 +107,10 @@ def main_bench(opts, log) -> dict:
     for r in range(opts.repeats):
         for name, sec in secs.items():
             st = state[name]
-            log(f"round {r + 1}/{opts.repeats} [{name}]: GEMM peak ({sec['dtype']}) ...")
+            log(f"round {r + 1}/{opts.repeats} {name}: GEMM peak ({sec['dtype']}) ...")
             st["gemm_info"] = gemm(opts, sec["dtype"], st["gemm"], log) or st["gemm_info"]
             run_round(r, opts, sec["systems"], status=st["status"], times=st["times"], losses=st["losses"],
-                      log=log, tag=f" [{name}]", samples=sec["samples"], hidden=",".join(map(str, sec["hidden"])),
+                      log=log, tag=f" {name}", samples=sec["samples"], hidden=",".join(map(str, sec["hidden"])),
                       batches=",".join(map(str, sec["batches"])), dtype=sec["dtype"])
     out = {}
     for name, sec in secs.items():
@@ -161,7 +161,7 @@ def threads_bench(opts, log) -> dict:
             log(f"threads {t}, round {r + 1}/{opts.repeats}: GEMM peak ...")
             gemm(opts, "float32", gemms[t], log, threads=t)
             run_round(r, opts, systems, status=status, times=times[t], losses=losses[t], log=log,
-                      tag=f" [{t} threads]", threads=t, samples=opts.samples, hidden=hidden,
+                      tag=f" ({t} threads)", threads=t, samples=opts.samples, hidden=hidden,
                       batches=str(opts.threads_batch))
     fps = flops_per_sample([N_IN, *HIDDEN, N_OUT])
     rows = [threads_row(t, opts.threads_batch, tuple(HIDDEN), times[t], status, opts.samples, fps,

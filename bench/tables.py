@@ -45,7 +45,7 @@ def print_section(name, sec, console) -> None:
     cfg, sysst = sec["config"], sec["systems"]
     systems = cfg["systems"]
     peers = [s for s in systems if s != "deltaprop"]
-    t = Table(title=f"[{name}] samples/s, {cfg['sizes']} relu, {cfg['dtype']} SGD, {cfg['samples']} "
+    t = Table(title=f"{name}: samples/s, {cfg['sizes']} relu, {cfg['dtype']} SGD, {cfg['samples']} "
                     f"samples/epoch, median of the rounds")
     t.add_column("batch", justify="right")
     for s in systems:
