@@ -164,6 +164,8 @@ def continue_(
     job = queue.find(job_name(study.id, trial))
     if job is None or job.status != "pruned":
         raise TuneError(f"trial {trial}'s job is {job.status if job else 'missing'}, not pruned: nothing to continue")
+    from ..io.rundir import RunDir
+    RunDir(job.run_dir).write_gate(None)  # no rung holds a continued trial
     queue.retry(job.id)
     err_console.print(f"trial {trial}: job {job.id} queued again; it resumes from its checkpoint")
     if wait:
@@ -198,19 +200,27 @@ def _show(study, board: dict, as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(board))
         return
-    from rich.table import Table
     spec = study.spec()
     keys = sorted({k for r in board["trials"] for k in r["params"]})
-    table = Table("trial", "state", *keys, spec["metric"], "epochs", "job",
-                  title=f"study {study.id}: {spec['sampler']} sampler, {spec['pruner']} pruner, "
-                        f"{spec['direction']} {spec['metric']}")
-    order = sorted(board["trials"], key=lambda r: r["trial"])
-    for r in order:
+    columns = ("trial", "state", *keys, spec["metric"], "epochs", "job")
+    rows = []
+    for r in sorted(board["trials"], key=lambda r: r["trial"]):
         state = r["state"] + (f" -> {r['continued_as']}" if r.get("continued_as") is not None else "") \
             + (f" (continues {r['continues']})" if r.get("continues") is not None else "")
-        table.add_row(str(r["trial"]), state, *[_fmt(r["params"].get(k)) for k in keys],
-                      "" if r["value"] is None else f"{r['value']:.4f}", f"{r['epochs'] or 0:g}", str(r["job"] or ""))
-    console.print(table)
+        rows.append((str(r["trial"]), state, *[_fmt(r["params"].get(k)) for k in keys],
+                     "" if r["value"] is None else f"{r['value']:.4f}", f"{r['epochs'] or 0:g}", str(r["job"] or "")))
+    console.print(f"study {study.id}: {spec['sampler']} sampler, {spec['pruner']} pruner, {spec['direction']} "
+                  f"{spec['metric']}")
+    if not console.is_terminal:  # piped: whole lines, tab-separated, nothing cut to fit a width
+        for row in [columns, *rows]:
+            print("\t".join(row))
+    else:
+        from rich.table import Table
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    order = rows
     total = sum(r["epochs"] or 0 for r in board["trials"])
     console.print(f"{len(order)} trials, {total:g} epochs in all; controller {board['controller']}"
                   + ("" if board["controller"] == "running" or board.get("done") else

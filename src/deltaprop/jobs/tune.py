@@ -85,9 +85,13 @@ class Controller:
     # ---- Optuna objects -----------------------------------------------------------------------
     def _sampler(self, n_existing: int):
         o, name, seed = self.optuna, self.spec["sampler"], self.spec["seed"]
+        if name == "grid":  # trial k takes point k of the grid as the seed shuffles it: the same after a restart
+
+            class Grid(o.samplers.GridSampler):
+                def after_trial(self, *args):  # it would call study.stop(), which needs optimize();
+                    pass                       # the controller counts the trials itself
+            return Grid(grid_space(self.params), seed=seed)
         seed = seed * 1_000_003 + n_existing  # a restarted sampler does not replay earlier draws
-        if name == "grid":
-            return o.samplers.GridSampler(grid_space(self.params), seed=seed)
         if name == "random":
             return o.samplers.RandomSampler(seed=seed)
         return o.samplers.TPESampler(seed=seed, n_startup_trials=self.spec.get("startup_trials", 10))
@@ -140,6 +144,8 @@ class Controller:
             if t.state == TS.PRUNED and job is not None and t.number not in continued:
                 if job.status in ("queued", "running"):
                     pending += 1
+                    if RunDir(job.run_dir).read_gate() is not None:  # continued: no rung holds it
+                        RunDir(job.run_dir).write_gate(None)
                 elif job.status == "succeeded":
                     self._record_continued(study, t, job)
         trials = study.get_trials(deepcopy=False)
@@ -169,8 +175,11 @@ class Controller:
                 study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
                 self.log(f"trial {frozen.number}: failed: {exc}")
                 return
-            job = self.queue.submit(name, config, self.spec.get("max_attempts", 3),
-                                    run_dir=self.study.trial_dir(frozen.number), unique=True)
+            run_dir = self.study.trial_dir(frozen.number)
+            if self._rungs() and name not in jobs:  # the first rung's gate, before a worker can start it
+                run_dir.mkdir(parents=True, exist_ok=True)
+                RunDir(run_dir).write_gate(self._rungs()[0])
+            job = self.queue.submit(name, config, self.spec.get("max_attempts", 3), run_dir=run_dir, unique=True)
             jobs[name] = job
             self.log(f"trial {frozen.number}: job {job.id} queued ({', '.join(overrides)})")
             return
@@ -182,10 +191,18 @@ class Controller:
                 trial.report(m[metric], step=m["epoch"])
         if job.status in ("queued", "running"):
             last = history[-1]["epoch"] if history else 0
-            if job.status == "running" and not job.cancel and 0 < last < self._epochs(job) and trial.should_prune():
+            if job.status != "running" or job.cancel or not 0 < last < self._epochs(job):
+                return
+            rd = RunDir(job.run_dir)
+            gate = rd.read_gate()
+            if gate is not None and last < gate:
+                return  # on its way to the next rung
+            if trial.should_prune():
                 self.queue.prune(job.id)
-                self.log(f"trial {frozen.number}: pruned at epoch {history[-1]['epoch']} "
-                         f"({metric}={history[-1].get(metric, float('nan')):.4g}); job {job.id} stops at its next step")
+                self.log(f"trial {frozen.number}: pruned at epoch {last} ({metric}="
+                         f"{history[-1].get(metric, float('nan')):.4g}); job {job.id} stops at its next step")
+            elif gate is not None:  # promoted: on to the next rung
+                rd.write_gate(next((r for r in self._rungs() if r > last), None))
             return
         trial.set_user_attr("epochs", epochs_spent(job.run_dir))
         trial.set_user_attr("job", job.id)
@@ -201,6 +218,18 @@ class Controller:
             trial.set_user_attr("error", why)
             study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
             self.log(f"trial {frozen.number}: failed: {why}")
+
+    def _rungs(self) -> list[int]:
+        """The epochs at which ASHA (and Hyperband's brackets) decide: min_epochs * factor**k. A trial
+        waits at each (RunDir.wait_at_gate) until the controller has told its pruner, so a
+        pruned trial stops exactly at its rung however fast its epochs are."""
+        if self.spec["pruner"] not in ("asha", "hyperband"):
+            return []
+        lo, r, out = self.spec.get("min_epochs", 1), self.spec.get("reduction_factor", 3), []
+        while lo < self.spec["epochs"]:
+            out.append(lo)
+            lo *= r
+        return out
 
     def _epochs(self, job) -> int:
         """The epochs the trial's config trains (pruning at the last one would save nothing)."""

@@ -315,6 +315,8 @@ class Trainer:
         if st.finished or (every and st.epoch % every == 0) or (c.checkpoint.every_steps and
                                                                 st.step % c.checkpoint.every_steps == 0):
             self._save()
+        if not st.finished:  # a tune trial at a rung: wait for the controller's verdict (io/rundir.py)
+            self.rundir.wait_at_gate(st.epoch, lambda: self._signal is not None or bool(self.stop_requested()))
         self._check_stop()
         return bool(why)
 
