@@ -351,3 +351,31 @@ def ray_head(tmp_path_factory):
     env = _base_env() | RAY_AUTH
     yield _start_head(tmp, env)
     _stop_head(tmp, env)
+
+
+# ---- the benchmark's harness (not the benchmark: that is `make bench`) ----------------------------
+def test_bench_tune_arguments_and_table():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_tune", Path(__file__).parents[1] / "bench" / "tune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args([])
+    assert args.datasets == ["digits", "fashion"] and args.epochs == 9
+    assert bench.parse_args(["--datasets", "digits", "--epochs", "3"]).datasets == ["digits"]
+    for bad in (["--datasets", "mnist"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit) as info:
+            bench.parse_args(bad)
+        assert info.value.code == 2
+    row = {"best_val_accuracy": 0.9, "epochs": 243, "wall_s": 100.0, "trials": 27, "pruned": 0}
+    text = bench.table({"digits": {"grid": row, "tune": dict(row, best_val_accuracy=0.895, epochs=81,
+                                                               wall_s=50.0, pruned=18)}})
+    assert "| digits | tune TPE + ASHA | 27 (18) | 89.50 % | 81 | 50 s |" in text
+    assert "| digits | tune / grid | | -0.50 points | 0.33x | 0.50x |" in text
+    # the spaces it writes are valid spaces of the same grid
+    import tomllib
+
+    from deltaprop.jobs.space import parse_space
+    grid = parse_space(tomllib.loads(bench.GRID_SPACE), "grid")
+    assert [len(p.grid()) for p in grid] == [3, 3, 3]
+    tpe = {p.key: p for p in parse_space(tomllib.loads(bench.TPE_SPACE), "tpe")}
+    assert tpe["optimizer.lr"].log and tpe["model.hidden"].choices == tuple(bench.HIDDEN)

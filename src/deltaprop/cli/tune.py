@@ -164,9 +164,7 @@ def continue_(
     job = queue.find(job_name(study.id, trial))
     if job is None or job.status != "pruned":
         raise TuneError(f"trial {trial}'s job is {job.status if job else 'missing'}, not pruned: nothing to continue")
-    from ..io.rundir import RunDir
-    RunDir(job.run_dir).write_gate(None)  # no rung holds a continued trial
-    queue.retry(job.id)
+    queue.retry(job.id)  # opens the trial's gate too: no rung holds a continued trial
     err_console.print(f"trial {trial}: job {job.id} queued again; it resumes from its checkpoint")
     if wait:
         _show(study, _control(study, queue))

@@ -7,6 +7,7 @@ A claim takes a lease that the worker renews by heartbeat; a claim first sends e
 running job is fenced by (worker id, attempt): a late zombie cannot overwrite a newer attempt.
 """
 
+import os
 import shutil
 import sqlite3
 import time
@@ -236,6 +237,8 @@ class Queue:
             if job.status not in ("failed", "cancelled", "pruned"):
                 raise QueueError(f"job {job_id} is {job.status}: only failed or cancelled jobs, or pruned "
                                  "trials, can be retried")
+            if job.status == "pruned" and os.path.isdir(job.run_dir):
+                RunDir(job.run_dir).write_gate(None)  # a continued trial: no pruner's rung holds it
             db.execute("UPDATE jobs SET status='queued', attempts=0, cancel=0, error=NULL, worker=NULL, "
                        "lease_until=NULL, finished_at=NULL WHERE id=?", (job_id,))
         return self.get(job_id)

@@ -110,10 +110,13 @@ def parse_space(raw: dict, source: str) -> list[Param]:
     for key, table in raw.items():
         where = f'{source}: ["{key}"]'
         if not isinstance(table, dict):
-            hint = f' (a dotted key needs quotes: ["{key}.KEY"])' if isinstance(raw.get(key), dict) else ""
-            raise SpaceError(f"{where} must be a table with low/high or choices, got {toml_value(table)}{hint}")
+            raise SpaceError(f"{where} must be a table with low/high or choices, got {toml_value(table)}")
         if key.count(".") != 1 or not all(key.split(".")):
-            raise SpaceError(f'{where}: expected a config key "section.key", e.g. "optimizer.lr"')
+            inner = next(iter(table), "KEY")
+            raise SpaceError(f'{where}: expected a config key "section.key": name each table by its quoted, '
+                             f'dotted key, e.g. ["{key}.{inner}"] (without quotes TOML reads [{key}.{inner}] '
+                             "as nested tables)" if "." not in key else
+                             f'{where}: expected a config key "section.key", e.g. "optimizer.lr"')
         unknown = [f for f in table if f not in FIELDS]
         if unknown:
             raise SpaceError(f"{where}: unknown field {unknown[0]!r}{_suggest(unknown[0], FIELDS)}; a range has "
