@@ -98,8 +98,9 @@ def plot(
         from ..jobs.study import StudyDir
         sd = StudyDir(study)
         sd.spec()
+        from ..io.rundir import RunDir
         dirs += [Path(d) for d in dict.fromkeys(t["run_dir"] for t in sd.board().get("trials", []) if t.get("run_dir"))
-                 if Path(d, "metrics.jsonl").exists()]
+                 if RunDir(d).metrics_path.exists()]
         if not dirs:
             raise DeltapropError(f"study {study} has no trial with an epoch yet")
     if not dirs:

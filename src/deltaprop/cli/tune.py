@@ -194,7 +194,8 @@ def _show(study, board: dict, as_json: bool = False) -> None:
             r["epochs"] = epochs_spent(r["run_dir"])
     best = board.get("best")
     if best and best.get("run_dir"):
-        board["best_config"] = str(Path(best["run_dir"]) / "config.toml")
+        from ..io.rundir import RunDir
+        board["best_config"] = str(RunDir(best["run_dir"]).config_path)
     if as_json:
         print(json.dumps(board))
         return
