@@ -1,18 +1,32 @@
 """Where a training step's time goes: each compiled phase timed on its own.
 
     .venv/bin/python bench/phases.py [--batch 32,128,512] [--threads 2] [--sizes 784,256,128,10]
+                                     [--dtype float32] [--peak GFLOP/s]
 
 Calls the network kernels' phases (gather, forward with and without the pending optimizer
 update, loss, backward, a whole-vector update, an empty parallel region) directly, many times
 each, and reports the 10th percentile in microseconds: on a shared machine the low percentile
 is what the code costs, the median is what the neighbours cost. `empty` is the price of one
 parallel region; a step has 1 + 2 x layers of them.
+
+Against the FLOP floor: the forward (2 x batch x sum of n_in x n_out) and the backward (the dW
+products of every layer and the dX products of all but the first) each take at least
+FLOPs / peak; the GEMM peak is measured first in the same dtype on the same pinned cores
+(`bench.py --worker gemm`, in its own process) unless `--peak` gives it. Each line ends with
+each product phase's floor and the share of the peak it reaches, and what the rest of a step
+(gather, loss, parallel regions) costs on top.
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _p10_us(fn, reps: int) -> float:
@@ -25,37 +39,39 @@ def _p10_us(fn, reps: int) -> float:
     return float(np.percentile(ts, 10) * 1e6)
 
 
-def phases(sizes: list[int], batch: int, threads: int, reps: int = 200) -> dict[str, float]:
+def phases(sizes: list[int], batch: int, threads: int, reps: int = 200, dtype: str = "float32") -> dict[str, float]:
     from deltaprop.plugins.manager import load_registry
     from deltaprop.compute.engine import Engine, OptimizerSpec
 
     rng = np.random.default_rng(0)
     n = max(4 * batch, 256)
-    X = rng.random((n, sizes[0]), dtype=np.float32)
+    X = rng.random((n, sizes[0]), dtype=np.float32).astype(dtype)
     y = rng.integers(0, sizes[-1], n)
     acts = ["relu"] * (len(sizes) - 2) + ["identity"]
-    e = Engine(sizes, acts, "cross_entropy", "float32", load_registry(entry_points=False), threads)
-    theta = (rng.standard_normal(e.n_params) * 0.05).astype(np.float32)
+    e = Engine(sizes, acts, "cross_entropy", dtype, load_registry(entry_points=False), threads)
+    theta = (rng.standard_normal(e.n_params) * 0.05).astype(dtype)
     grad = np.zeros_like(theta)
-    state = np.zeros((2, theta.size), np.float32)
-    mean, inv_std = np.zeros(sizes[0], np.float32), np.ones(sizes[0], np.float32)
+    state = np.zeros((2, theta.size), dtype)
+    mean, inv_std = np.zeros(sizes[0], dtype), np.ones(sizes[0], dtype)
     perm = rng.permutation(n)
     opt = OptimizerSpec("sgd")
     e.run_steps(X, mean, inv_std, y, perm, 0, 2, batch, theta, grad, opt, state, np.zeros(2), 0)
     k, P, L = e.kernels, e.threads, e.L
     labels, targets = e._targets(y)
-    drop, coef, hyper = np.zeros(L), np.zeros(10, np.float32), opt.hyper()  # lr 0: theta stays
+    drop, coef, hyper = np.zeros(L), np.zeros(10, dtype), opt.hyper()  # lr 0: theta stays
+    no_w = np.zeros(0)  # no sample weights
 
     def forward(pending):
         return lambda: k.forward(batch, e.xb, theta, e.sizes, e.woff, e.boff, e.hoff, e.act_ids, drop, 0, 0,
                                  e.Z, e.A, e.D, pending, 0, grad, state, coef, hyper, 2)
 
     out = {
-        "gather": lambda: k.gather(P, X, mean, inv_std, perm, 0, batch, e.xb, labels, e.yb, targets, e.tb),
+        "gather": lambda: k.gather(P, X, mean, inv_std, perm, 0, batch, e.xb, labels, e.yb, targets, e.tb,
+                                    no_w, e.wb),
         "forward": forward(False),
         "forward+update": forward(True),
         "loss": lambda: k.loss_delta(0, batch, e.act_ids[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
-                                 e.yb, e.tb, e.rowloss, e.correct),
+                                 e.yb, e.tb, 1.0 / batch, no_w, e.rowloss, e.correct),
         "backward": lambda: k.backward(batch, e.xb, theta, grad, e.sizes, e.woff, e.boff, e.hoff, e.act_ids,
                                        drop, 0, 0, e.Z, e.A, e.D, e.sq),
         "update": lambda: k.apply(P, 0, theta, grad, state, coef, hyper, 2),
@@ -66,18 +82,54 @@ def phases(sizes: list[int], batch: int, threads: int, reps: int = 200) -> dict[
     return res
 
 
+def product_flops(sizes: list[int], batch: int) -> dict[str, int]:
+    """GEMM FLOPs of one step's forward and backward products."""
+    prods = [sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1)]
+    return {"forward": 2 * batch * sum(prods), "backward": 2 * batch * (sum(prods) + sum(prods[1:]))}
+
+
+def measure_peak(threads: int, dtype: str) -> float:
+    """The GEMM peak in GFLOP/s, from a `bench.py --worker gemm` process on the same cores."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
+    out = subprocess.run([sys.executable, os.path.join(HERE, "bench.py"), "--worker", "gemm", "--threads",
+                          str(threads), "--dtype", dtype], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["gflops"]
+
+
+def floor_note(r: dict, sizes: list[int], batch: int, peak: float) -> str:
+    """Each product phase's FLOP floor at `peak` and the share of the peak it reaches; the rest."""
+    fl = product_flops(sizes, batch)
+    parts = []
+    for name, key in (("forward", "forward+update"), ("backward", "backward")):
+        floor_us = fl[name] / (peak * 1e3)
+        parts.append(f"{name} floor {floor_us:.0f} us ({floor_us / r[key]:.0%} of peak)")
+    floor_step = (fl["forward"] + fl["backward"]) / (peak * 1e3)
+    rest = r["step"] - r["forward+update"] - r["backward"]
+    return (f"at {peak:.0f} GFLOP/s: " + ", ".join(parts) +
+            f", gather+loss {rest:.0f} us; step floor {floor_step:.0f} us ({floor_step / r['step']:.0%} of peak)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", default="32,128,512")
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
     ap.add_argument("--sizes", default="784,256,128,10")
     ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--peak", type=float, default=None, help="GEMM peak in GFLOP/s (default: measure it)")
     a = ap.parse_args(argv)
+    sys.path.insert(0, HERE)
+    import procinfo
+    threads = a.threads or len(os.sched_getaffinity(0))
+    procinfo.pin_cores(threads)  # the same cores as bench.py's workers
+    peak = a.peak or measure_peak(threads, a.dtype)
     sizes = [int(v) for v in a.sizes.split(",")]
     for b in (int(v) for v in a.batch.split(",")):
-        r = phases(sizes, b, a.threads, a.reps)
+        r = phases(sizes, b, threads, a.reps, a.dtype)
         cols = " ".join(f"{name} {us:.0f}" for name, us in r.items())
-        print(f"batch {b}: {cols} (us, p10) -> {b / r['step'] * 1e3:.1f}k samples/s", flush=True)
+        print(f"batch {b}: {cols} (us, p10) -> {b / r['step'] * 1e3:.1f}k samples/s; "
+              f"{floor_note(r, sizes, b, peak)}", flush=True)
     return 0
 
 

@@ -1,13 +1,16 @@
 """The benchmark's worker side: one system trained for timed epochs in this process.
 
 A runner factory per system (deltaprop's `Engine.run_steps`, PyTorch, a hand-written NumPy loop,
-scikit-learn's `MLPClassifier.partial_fit`) imports its library, sets its threads and returns
-`run(X, y, sizes, batch, epochs) -> (seconds per epoch, last loss per epoch)` plus an `info` dict.
-`worker(args)` is what `bench.py --worker SYSTEM ...` runs in a child process: it builds the data,
-runs a warm-up epoch and the timed epochs for every hidden spec x batch size, and returns the dict
-the parent reads as JSON from the child's stdout; `--worker gemm` measures NumPy's float32 GEMM
-peak instead. Libraries are imported inside the factories so that only the system being measured
-is loaded (and sets threads) in its process.
+scikit-learn's `MLPClassifier.partial_fit`; the JAX and torch.compile peers are in peers.py)
+imports its library, sets its threads and returns `run(X, y, sizes, batch, epochs, clock) ->
+last-batch loss per epoch` plus an `info` dict; `clock` (procinfo.EpochClock) is started and
+stopped around each epoch by the runner itself, after any asynchronous work has finished.
+`worker(args)` is what `bench.py --worker SYSTEM ...` runs in a child process: it pins the
+process to `--threads` cores (before importing the library), builds the data in `--dtype`, runs
+a warm-up epoch and the timed epochs for every hidden spec x batch size, and returns the dict the
+parent reads as JSON from the child's stdout (with the affinity and the threads that really ran);
+`--worker gemm` measures NumPy's GEMM peak in `--dtype` instead. Libraries are imported inside
+the factories so that only the system being measured is loaded (and sets threads) in its process.
 
     import runners                       # with bench/ on sys.path, as bench.py has it
     out = runners.worker(args)           # args: bench.parse_args(["--worker", "numpy", ...])
@@ -15,13 +18,15 @@ is loaded (and sets threads) in its process.
 
 import time
 
+import procinfo
 from spec import LR, N_IN, N_OUT, SEED, parse_hidden, parse_ints
 
 
-def make_data(samples: int, seed: int = SEED):
+def make_data(samples: int, seed: int = SEED, dtype: str = "float32"):
+    """X ~ U[0,1) drawn in float32 (so float64 runs see the same values), labels 0..9."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    X = rng.random((samples, N_IN), dtype=np.float32)
+    X = rng.random((samples, N_IN), dtype=np.float32).astype(dtype)
     y = rng.integers(0, N_OUT, samples, dtype=np.int64)
     return X, y
 
@@ -32,15 +37,16 @@ def epoch_perm(samples: int, epoch: int, seed: int = SEED):
     return np.random.default_rng([seed, epoch]).permutation(samples).astype(np.int64)
 
 
-def init_layers(sizes, seed: int = SEED):
-    """torch.nn.Linear's default init (U(+-1/sqrt(fan_in))), float32, for deltaprop and NumPy."""
+def init_layers(sizes, seed: int = SEED, dtype: str = "float32"):
+    """torch.nn.Linear's default init (U(+-1/sqrt(fan_in))) drawn in float32, as [(W (n_out, n_in),
+    b (n_out,))]: every system but scikit-learn starts from these values."""
     import numpy as np
     rng = np.random.default_rng([seed, 7])
     out = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         a = 1.0 / np.sqrt(n_in)
-        out.append((rng.uniform(-a, a, (n_out, n_in)).astype(np.float32),
-                    rng.uniform(-a, a, n_out).astype(np.float32)))
+        out.append((rng.uniform(-a, a, (n_out, n_in)).astype(np.float32).astype(dtype),
+                    rng.uniform(-a, a, n_out).astype(np.float32).astype(dtype)))
     return out
 
 
@@ -56,7 +62,7 @@ def numpy_blas_threads():
     return None
 
 
-def _deltaprop_runner(threads: int):
+def _deltaprop_runner(threads: int, dtype: str):
     import numpy as np
 
     from deltaprop.plugins.manager import load_registry
@@ -64,83 +70,96 @@ def _deltaprop_runner(threads: int):
 
     registry = load_registry(entry_points=False)
     opt = OptimizerSpec("sgd")
-    info = {"threads": None, "dtype": "float32"}
+    info = {"threads": None, "dtype": dtype}
 
-    def run(X, y, sizes, batch, epochs):
+    def run(X, y, sizes, batch, epochs, clock):
         acts = ["relu"] * (len(sizes) - 2) + ["identity"]
-        engine = Engine(list(sizes), acts, "cross_entropy", "float32", registry, threads)
+        engine = Engine(list(sizes), acts, "cross_entropy", dtype, registry, threads)
         info["threads"] = engine.threads
-        theta = engine.flatten(init_layers(sizes))
+        theta = engine.flatten(init_layers(sizes, dtype=dtype))
         grad = np.zeros_like(theta)
         state = np.zeros((2, theta.size), theta.dtype)
-        mean = np.zeros(X.shape[1], np.float32)
-        inv_std = np.ones(X.shape[1], np.float32)
+        mean = np.zeros(X.shape[1], dtype)
+        inv_std = np.ones(X.shape[1], dtype)
         n = len(X)
         steps = -(-n // batch)
         lrs = np.full(steps, LR)
-        times, losses, step = [], [], 0
+        losses, step = [], 0
         for e in range(epochs):
             perm = epoch_perm(n, e)
-            t0 = time.perf_counter()
+            clock.start()
             done, step_loss, _ = engine.run_steps(X, mean, inv_std, y, perm, 0, steps, batch, theta, grad,
                                                   opt, state, lrs, step)
-            times.append(time.perf_counter() - t0)
+            clock.stop()
             if done != steps:
                 raise RuntimeError(f"deltaprop diverged at step {done} of {steps}")
             step += steps
             losses.append(float(step_loss[-1]))
-        return times, losses
+        return losses
 
     return run, info
 
 
-def _pytorch_runner(threads: int):
-    import numpy as np
+def torch_model(sizes, dtype: str):
+    """The nn.Sequential of Linear/ReLU with init_layers' weights, in `dtype`."""
+    import torch
+    from torch import nn
+    layers = []
+    for i, (W, b) in enumerate(init_layers(sizes, dtype=dtype)):
+        lin = nn.Linear(sizes[i], sizes[i + 1], dtype=getattr(torch, dtype))
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def torch_epochs(model, X, y, batch, epochs, clock):
+    """The PyTorch training loop (eager or compiled model): SGD, mean cross-entropy, batches
+    indexed from a pre-made tensor; returns the last-batch loss per epoch."""
     import torch
     import torch.nn.functional as F
-    from torch import nn
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    n = len(X)
+    losses = []
+    for e in range(epochs):
+        perm = torch.from_numpy(epoch_perm(n, e))
+        clock.start()
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            xb, yb = Xt[idx], yt[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+        clock.stop()
+        losses.append(float(loss.item()))
+    return losses
+
+
+def _pytorch_runner(threads: int, dtype: str):
+    import torch
 
     torch.set_num_threads(threads)
-    info = {"threads": torch.get_num_threads(), "dtype": "float32", "torch": torch.__version__}
+    info = {"threads": torch.get_num_threads(), "dtype": dtype, "torch": torch.__version__}
 
-    def run(X, y, sizes, batch, epochs):
-        torch.manual_seed(SEED)
-        layers = []
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        model = nn.Sequential(*layers)
-        opt = torch.optim.SGD(model.parameters(), lr=LR)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        n = len(X)
-        times, losses = [], []
-        for e in range(epochs):
-            perm = torch.from_numpy(epoch_perm(n, e))
-            t0 = time.perf_counter()
-            for s in range(0, n, batch):
-                idx = perm[s:s + batch]
-                xb, yb = Xt[idx], yt[idx]
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb), yb)
-                loss.backward()
-                opt.step()
-            times.append(time.perf_counter() - t0)
-            losses.append(float(loss.item()))
-        return times, losses
+    def run(X, y, sizes, batch, epochs, clock):
+        return torch_epochs(torch_model(sizes, dtype), X, y, batch, epochs, clock)
 
-    del np
     return run, info
 
 
-def _numpy_runner(threads: int):
+def _numpy_runner(threads: int, dtype: str):
     import numpy as np
 
-    info = {"threads": numpy_blas_threads(), "dtype": "float32"}
+    info = {"threads": numpy_blas_threads(), "dtype": dtype}
 
     def epoch(X, y, perm, batch, params):
         n, L = len(perm), len(params)
-        lr = np.float32(LR)
+        lr = X.dtype.type(LR)
         loss = 0.0
         for s in range(0, n, batch):
             idx = perm[s:s + batch]
@@ -175,21 +194,21 @@ def _numpy_runner(threads: int):
                 b -= gb
         return float(loss)
 
-    def run(X, y, sizes, batch, epochs):
-        params = init_layers(sizes)
-        times, losses = [], []
+    def run(X, y, sizes, batch, epochs, clock):
+        params = init_layers(sizes, dtype=dtype)
+        losses = []
         for e in range(epochs):
             perm = epoch_perm(len(X), e)
-            t0 = time.perf_counter()
+            clock.start()
             loss = epoch(X, y, perm, batch, params)
-            times.append(time.perf_counter() - t0)
+            clock.stop()
             losses.append(loss)
-        return times, losses
+        return losses
 
     return run, info
 
 
-def _sklearn_runner(threads: int):
+def _sklearn_runner(threads: int, dtype: str):
     import warnings
 
     import numpy as np
@@ -199,55 +218,73 @@ def _sklearn_runner(threads: int):
 
     info = {"threads": numpy_blas_threads(), "dtype": None, "sklearn": sklearn.__version__}
 
-    def run(X, y, sizes, batch, epochs):
+    def run(X, y, sizes, batch, epochs, clock):
         clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), solver="sgd", learning_rate_init=LR,
                             momentum=0.0, batch_size=batch, max_iter=1, alpha=0.0, shuffle=True,
                             random_state=SEED)
         classes = np.arange(N_OUT)
-        times, losses = [], []
+        losses = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             for _ in range(epochs):  # partial_fit = exactly one epoch (its own shuffle)
-                t0 = time.perf_counter()
+                clock.start()
                 clf.partial_fit(X, y, classes=classes)
-                times.append(time.perf_counter() - t0)
+                clock.stop()
                 losses.append(float(clf.loss_))
         info["dtype"] = str(clf.coefs_[0].dtype)
-        return times, losses
+        return losses
 
     return run, info
 
 
-RUNNERS = {"deltaprop": _deltaprop_runner, "pytorch": _pytorch_runner, "numpy": _numpy_runner,
-           "sklearn": _sklearn_runner}
+def runner(system: str):
+    """The runner factory of `system` (threads, dtype) -> (run, info)."""
+    if system in ("deltaprop", "pytorch", "numpy", "sklearn"):
+        return globals()[f"_{system}_runner"]
+    import peers
+    return peers.RUNNERS[system]
 
 
 def worker(args) -> dict:
-    """Run one system: for every hidden spec x batch size, a warm-up epoch then timed epochs."""
+    """Run one system: pinned to --threads cores, for every hidden spec x batch size, a warm-up
+    epoch then timed epochs; the threads that accumulated CPU time in the timed epochs go in info."""
+    affinity = procinfo.pin_cores(args.threads)
     if args.worker == "gemm":
-        return gemm_worker(args.gemm_n)
+        return gemm_worker(args.gemm_n, args.dtype, affinity)
     try:
-        run, info = RUNNERS[args.worker](args.threads)
+        run, info = runner(args.worker)(args.threads, args.dtype)
     except ImportError as exc:
         return {"system": args.worker, "status": "skipped", "note": f"not installed ({exc})"}
-    X, y = make_data(args.samples)
+    except RuntimeError as exc:  # e.g. a library without float64 support
+        return {"system": args.worker, "status": "skipped", "note": str(exc)}
+    X, y = make_data(args.samples, dtype=args.dtype)
     results = []
     for hidden in parse_hidden(args.hidden):
         sizes = [N_IN, *hidden, N_OUT]
         for batch in parse_ints(args.batch_sizes):
-            times, losses = run(X, y, sizes, batch, 1 + args.timed_epochs)
-            results.append({"hidden": list(hidden), "batch": batch, "seconds": times[1:],
-                            "warmup_seconds": times[0], "loss": losses[-1]})
+            clock = procinfo.EpochClock()
+            try:
+                losses = run(X, y, sizes, batch, 1 + args.timed_epochs, clock)
+            except Exception as exc:  # e.g. torch.compile without a working C++ compiler
+                if args.worker != "torch_compile":
+                    raise
+                return {"system": args.worker, "status": "skipped",
+                        "note": f"torch.compile unavailable: {type(exc).__name__}: {str(exc)[:200]}"}
+            results.append({"hidden": list(hidden), "batch": batch, "seconds": clock.times[1:],
+                            "warmup_seconds": clock.times[0], "loss": losses[-1],
+                            "threads_used": clock.threads_info()})
+    info["affinity"] = affinity
+    info["threads_used"] = max((r["threads_used"] for r in results), key=lambda t: t["threads_busy"])
     return {"system": args.worker, "status": "ok", "info": info, "results": results}
 
 
-def gemm_worker(n: int) -> dict:
-    """float32 GEMM peak of NumPy's BLAS: best of several n x n x n products."""
+def gemm_worker(n: int, dtype: str, affinity) -> dict:
+    """GEMM peak of NumPy's BLAS in `dtype` on the pinned cores: best of several n x n x n products."""
     import numpy as np
     rng = np.random.default_rng(SEED)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    c = np.empty((n, n), np.float32)
+    a = rng.random((n, n)).astype(dtype)
+    b = rng.random((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
     np.matmul(a, b, out=c)
     best, reps, t_end = float("inf"), 0, time.perf_counter() + 3.0
     while reps < 5 or (reps < 50 and time.perf_counter() < t_end):
@@ -255,5 +292,5 @@ def gemm_worker(n: int) -> dict:
         np.matmul(a, b, out=c)
         best = min(best, time.perf_counter() - t0)
         reps += 1
-    return {"system": "gemm", "status": "ok", "n": n, "reps": reps, "best_seconds": best,
-            "gflops": 2.0 * n ** 3 / best / 1e9, "info": {"threads": numpy_blas_threads()}}
+    return {"system": "gemm", "status": "ok", "n": n, "dtype": dtype, "reps": reps, "best_seconds": best,
+            "gflops": 2.0 * n ** 3 / best / 1e9, "info": {"threads": numpy_blas_threads(), "affinity": affinity}}

@@ -17,6 +17,8 @@ Conventions
 * Losses per minibatch of size B:
     - ``mse``:           ``L = 1/(2B) * sum_b sum_k (yhat_bk - y_bk)^2``, ``y`` float ``(B, k)``;
     - ``cross_entropy``: ``L = mean_b(-log softmax(z_out)_b[label_b])``, ``y`` int labels ``(B,)``.
+  With sample weights ``w`` (B,) (scikit-learn's definition, its MLP's ``_backprop``): the mean over
+  the batch becomes the weighted mean ``sum_b w_b loss_b / sum_b w_b`` (0 when the weights sum to 0).
 * Optimizers follow ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` exactly (defaults included).
 """
 
@@ -300,49 +302,70 @@ def _labels(y, B, k):
     return y
 
 
-def _loss_and_delta_out(z_out, a_out, y, loss, output_activation):
-    """Loss value and delta_out = dL/dz_out."""
+def _row_weights(weights, B):
+    """(B,) per-row factors of the batch mean: 1/B each, or w_b / sum(w) (0 if sum(w) == 0)."""
+    if weights is None:
+        return np.full(B, 1.0 / B)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (B,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be {B} finite numbers >= 0, got {w!r}")
+    total = w.sum()
+    return w / total if total > 0 else np.zeros(B)
+
+
+def _loss_and_delta_out(z_out, a_out, y, loss, output_activation, weights=None):
+    """Loss value and delta_out = dL/dz_out (the batch mean, weighted by ``weights`` if given)."""
     B, k = z_out.shape
     if loss == "mse":
         y = np.asarray(y, dtype=np.float64)
         if y.shape != (B, k):
             raise ValueError(f"mse needs float targets of shape ({B}, {k}), got {y.shape}")
         diff = a_out - y
-        L = (diff * diff).sum() / (2.0 * B)
         _, out_fprime = resolve_activation(output_activation)
-        delta = (diff / B) * out_fprime(z_out)
+        if weights is None:
+            L = (diff * diff).sum() / (2.0 * B)
+            delta = (diff / B) * out_fprime(z_out)
+            return L, delta
+        r = _row_weights(weights, B)
+        L = 0.5 * (r * (diff * diff).sum(axis=1)).sum()
+        delta = (diff * r[:, None]) * out_fprime(z_out)
         return L, delta
     # cross_entropy
     labels = _labels(y, B, k)
     logp = _log_softmax(z_out)
     rows = np.arange(B)
-    L = -logp[rows, labels].sum() / B
     delta = np.exp(logp)  # softmax
     delta[rows, labels] -= 1.0
-    delta /= B
-    return L, delta
+    if weights is None:
+        L = -logp[rows, labels].sum() / B
+        delta /= B
+        return L, delta
+    r = _row_weights(weights, B)
+    L = -(r * logp[rows, labels]).sum()
+    return L, delta * r[:, None]
 
 
-def loss_value(params, X, y, activations, loss, output_activation="identity") -> float:
+def loss_value(params, X, y, activations, loss, output_activation="identity", weights=None) -> float:
     """Loss value only (used by numerical_grads)."""
     _check_loss(loss, output_activation)
     zs, As = forward(params, X, activations, output_activation)
-    L, _ = _loss_and_delta_out(zs[-1], As[-1], y, loss, output_activation)
+    L, _ = _loss_and_delta_out(zs[-1], As[-1], y, loss, output_activation, weights)
     return float(L)
 
 
-def loss_and_grads(params, X, y, activations, loss, output_activation="identity"):
+def loss_and_grads(params, X, y, activations, loss, output_activation="identity", weights=None):
     """Loss and gradients by the delta rule.
 
     ``delta_out = dL/dz_out``; ``delta_l = (delta_{l+1} @ W_{l+1}) * f_l'(z_l)``;
     ``dW_l = delta_l.T @ a_{l-1}``; ``db_l = delta_l.sum(0)``.
     Returns ``(L, grads)`` with ``grads`` a list of ``(dW, db)`` matching ``params``.
+    ``weights``: (B,) sample weights (see the module docstring), or None.
     """
     _check_loss(loss, output_activation)
     params = _as_params64(params)
     hidden = _hidden_activations(params, activations)
     zs, As = forward(params, X, activations, output_activation)
-    L, delta = _loss_and_delta_out(zs[-1], As[-1], y, loss, output_activation)
+    L, delta = _loss_and_delta_out(zs[-1], As[-1], y, loss, output_activation, weights)
 
     n_layers = len(params)
     grads = [None] * n_layers
@@ -356,7 +379,7 @@ def loss_and_grads(params, X, y, activations, loss, output_activation="identity"
     return float(L), grads
 
 
-def numerical_grads(params, X, y, activations, loss, output_activation="identity", eps=1e-6):
+def numerical_grads(params, X, y, activations, loss, output_activation="identity", eps=1e-6, weights=None):
     """Central-difference gradients ``(L(p+eps) - L(p-eps)) / (2 eps)`` for every parameter."""
     _check_loss(loss, output_activation)
     params = _as_params64(params)
@@ -368,9 +391,9 @@ def numerical_grads(params, X, y, activations, loss, output_activation="identity
             for idx in np.ndindex(arr.shape):
                 old = arr[idx]
                 arr[idx] = old + eps
-                lp = loss_value(params, X, y, activations, loss, output_activation)
+                lp = loss_value(params, X, y, activations, loss, output_activation, weights)
                 arr[idx] = old - eps
-                lm = loss_value(params, X, y, activations, loss, output_activation)
+                lm = loss_value(params, X, y, activations, loss, output_activation, weights)
                 arr[idx] = old
                 g[idx] = (lp - lm) / (2.0 * eps)
             layer_grads.append(g)
@@ -511,10 +534,12 @@ def train_steps(
     batch_size,
     order=None,
     output_activation="identity",
+    weights=None,
 ):
     """One pass over the rows of X in ``order`` (default 0..n-1), in consecutive minibatches of
     ``batch_size`` rows (the last, possibly partial, batch is kept and averaged over its own
-    size), applying ``optimizer.step`` after each batch. Returns the new params."""
+    size, or weighted by ``weights``, one per row of X), applying ``optimizer.step`` after each
+    batch. Returns the new params."""
     X = np.asarray(X)
     y = np.asarray(y)
     n = X.shape[0]
@@ -524,6 +549,7 @@ def train_steps(
     params = _as_params64(params)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        _, grads = loss_and_grads(params, X[idx], y[idx], activations, loss, output_activation)
+        w = None if weights is None else np.asarray(weights)[idx]
+        _, grads = loss_and_grads(params, X[idx], y[idx], activations, loss, output_activation, w)
         params = optimizer.step(params, grads)
     return params

@@ -37,6 +37,12 @@ def files(tmp_path_factory):
     np.savez(d / "nokey.npz", features=X, y=y)
     np.savez(d / "biglabel.npz", X=X, y=np.where(np.arange(60) == 3, 9, y))
     (d / "bad.csv").write_text("a,b,label\n1,2,0\n3,x,1\n")
+    w = np.ones(60)
+    np.savez(d / "negw.npz", X=X, y=y, w=np.where(np.arange(60) == 4, -2.0, w))
+    np.savez(d / "nanw.npz", X=X, y=y, w=np.where(np.arange(60) == 8, np.nan, w))
+    np.savez(d / "shortw.npz", X=X, y=y, w=w[:50])
+    np.savez(d / "zerow.npz", X=X, y=y, w=np.zeros(60))
+    (d / "negw.csv").write_text("a,w,label\n1,1,0\n2,1,1\n3,-1,0\n")
     (d / "trunc-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, 10, 28, 28) + b"\0" * 100)
     (d / "trunc-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 10) + b"\0" * 10)
     (d / "ok.toml").write_text(BASE.format(train=d / "ok.npz"))
@@ -100,6 +106,17 @@ CASES = [
     ("empty data", lambda d: ["train", cfg(d, "empty.npz")], ["empty.npz", "empty"]),
     ("npz without X", lambda d: ["train", cfg(d, "nokey.npz")], ["nokey.npz", "features"]),
     ("non-numeric CSV cell", lambda d: ["train", cfg(d, "bad.csv")], ["bad.csv", "line 3", "'b'"]),
+    ("negative sample weight", lambda d: ["train", cfg(d, "negw.npz")],
+     ["negw.npz", "array 'w' at row 4", "-2.0, negative"]),
+    ("NaN sample weight", lambda d: ["train", cfg(d, "nanw.npz")], ["nanw.npz", "array 'w' at row 8", "not a finite"]),
+    ("sample weights of the wrong length", lambda d: ["train", cfg(d, "shortw.npz")],
+     ["shortw.npz", "X has 60 rows", "shape (50,)"]),
+    ("all sample weights zero", lambda d: ["train", cfg(d, "zerow.npz")], ["zerow.npz", "all zero"]),
+    ("negative weight in a CSV weight column",
+     lambda d: ["train", cfg(d, "negw.csv"), "--set", 'data.weight_column="w"'],
+     ["negw.csv", "column 'w' at line 4", "negative"]),
+    ("weight column missing", lambda d: ["train", cfg(d, "bad.csv"), "--set", 'data.weight_column="wt"'],
+     ["bad.csv", "weight column 'wt'", "not found", "a, b, label"]),
     ("truncated IDX file", lambda d: ["train", cfg(d, "trunc-images-idx3-ubyte")], ["trunc-images-idx3-ubyte", "truncated"]),
     ("test labels beyond the trained classes",
      lambda d: ["train", cfg(d, extra=""), "--set", f'data.test="{d / "biglabel.npz"}"'],

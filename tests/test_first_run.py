@@ -248,13 +248,16 @@ def test_a_second_worker_on_the_machine_is_warned(tmp_path):
     """Two workers on one machine each divided all cores among their own jobs (4 threads on 2
     cores, silently)."""
     from fixtures.cli import DELTAPROP
-    env = dict(os.environ, DELTAPROP_HOME=str(tmp_path / "a"))
+    # The registry of a machine's workers is in the temp dir: a private one, so that workers other
+    # tests (or other users of this machine) run at the same time are not counted
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, DELTAPROP_HOME=str(tmp_path / "a"), TMPDIR=str(tmp_path / "tmp"))
     first = subprocess.Popen([str(DELTAPROP), "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     try:
         assert "worker " in first.stdout.readline()  # it is up (and registered)
         second = subprocess.run([str(DELTAPROP), "worker", "--until-empty"], capture_output=True, text=True,
-                                timeout=600, env=dict(os.environ, DELTAPROP_HOME=str(tmp_path / "b")))
+                                timeout=600, env=dict(env, DELTAPROP_HOME=str(tmp_path / "b")))
     finally:
         first.terminate()
         first.wait(timeout=600)

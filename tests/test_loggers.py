@@ -178,9 +178,15 @@ def test_a_broken_logger_is_reported_by_name_and_training_goes_on(tmp_path, data
 
 def test_an_unknown_or_uninstalled_logger_is_a_config_error_before_training(tmp_path, data, monkeypatch):
     cfg = read_config(_config(tmp_path, data, ["tensorbord"], epochs=1))
-    with pytest.raises(ConfigError, match=r"logging.loggers\[0\] = 'tensorbord': unknown logger .*tensorboard"):
+    with pytest.raises(ConfigError, match=r"logging.loggers\[0\] = 'tensorbord': unknown logger .*"
+                                          r"\(did you mean 'tensorboard'\?\)"):
         train_run(cfg, tmp_path / "a")
     assert not (tmp_path / "a" / "checkpoints").exists()
+    from fixtures.cli import assert_exit, cli
+    monkeypatch.setenv("DELTAPROP_HOME", str(tmp_path / "home"))
+    r = cli("submit", _config(tmp_path, data, ["tensorbord"], epochs=1))  # refused before queuing
+    assert_exit(r, 2)
+    assert "did you mean 'tensorboard'" in r.output and not (tmp_path / "home" / "queue.db").exists()
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard... raises ImportError
     cfg = read_config(_config(tmp_path, data, ["tensorboard"], epochs=1))
     with pytest.raises(ConfigError, match=r"pip install 'deltaprop\[tensorboard\]'"):
@@ -302,3 +308,34 @@ def test_an_interrupted_run_is_killed_in_mlflow_until_resumed_and_a_failed_one_f
         train_run(diverge, run_dir)
     assert _mlflow(uri, run_dir)[1].info.status == "FAILED"
     assert np.isfinite([v for _, v in _mlflow(uri, run_dir)[2].get("step/loss", [])]).all()
+
+
+@pytest.mark.fault
+def test_a_sweep_through_the_job_runner_is_one_logged_run_per_job(tmp_path, data):
+    """The jobs' configs carry their [logging]: two workers' jobs, at once, each an MLflow run of
+    its own in one store (no "database is locked"), each with its own TensorBoard directory."""
+    home, uri = tmp_path / "home", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**__import__("os").environ, "DELTAPROP_HOME": str(home)}
+    cfg = _config(tmp_path, data, ["mlflow", "tensorboard"], epochs=2)
+    r = subprocess.run([DELTAPROP, "sweep", str(cfg), "--grid", "optimizer.lr=0.001,0.003,0.01"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    w = subprocess.run([DELTAPROP, "worker", "--concurrency", "2", "--until-empty"], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert w.returncode == 0, w.stderr
+    from mlflow.tracking import MlflowClient
+
+    from deltaprop.jobs.queue import Queue
+    jobs = Queue(home, create=False).list()
+    assert [j.status for j in jobs] == ["succeeded"] * 3
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("deltaprop")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert sorted(runs) == sorted(Path(j.run_dir).name for j in jobs)
+    for job in jobs:
+        run = runs[Path(job.run_dir).name]
+        assert run.info.status == "FINISHED", job
+        metrics = json.loads(Path(job.run_dir, "metrics.jsonl").read_text().splitlines()[-1])
+        assert run.data.metrics["epoch/loss"] == metrics["loss"] and run.data.params["optimizer.lr"] in job.name
+        assert "logger" not in Path(job.run_dir, "log.txt").read_text()  # no logger was disabled
+        assert [s for s, _ in _scalars(Path(job.run_dir) / "tb")["epoch/loss"]] == [169, 338]

@@ -114,6 +114,32 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, data, seed):
     assert _metrics(run_dir) == _metrics(reference.run_dir)
 
 
+@pytest.mark.fault
+def test_sigkill_and_resume_with_sample_weights_is_bit_exact(tmp_path, data):
+    """Sample weights are data (the .npz's array w, validation split included): a killed and
+    resumed weighted run ends with the weights and metrics of an uninterrupted one."""
+    with np.load(data) as z:
+        X, y = z["X"], z["y"]
+    w = np.random.default_rng(8).integers(0, 4, len(X)).astype(np.float32)
+    np.savez(tmp_path / "weighted.npz", X=X, y=y, w=w)
+    cfg = _config(tmp_path, tmp_path / "weighted.npz", 8)
+    reference = train_run(read_config(cfg), tmp_path / "reference")
+    assert reference.model.sample_weights["from"] == "array 'w'"
+    run_dir = tmp_path / "killed"
+    rng = random.Random(8)
+    kills = 0
+    code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)], run_dir, rng)
+    while code is None:
+        kills += 1
+        code = _kill_after_progress([DELTAPROP, "resume", str(run_dir)], run_dir, rng)
+        assert kills < 60
+    assert kills >= 1
+    resumed = _weights(run_dir)
+    for name, value in _weights(reference.run_dir).items():
+        assert resumed[name].tobytes() == value.tobytes(), name
+    assert _metrics(run_dir) == _metrics(reference.run_dir)
+
+
 class _NoDelay:
     """For _kill_after_progress: kill as soon as the first checkpoint appears."""
 

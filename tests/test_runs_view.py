@@ -74,6 +74,9 @@ def test_statuses_progress_best_and_differing_keys(runs):
     lines = [x.split("\t") for x in r.output.splitlines()]
     assert lines[0][:4] == ["run", "status", "epochs", "best"] and lines[0][-1] == "optimizer.lr"
     assert {tuple(x[1:3]) for x in lines[1:]} == {("finished", "3/3")}
+    missing = cli("runs", root / "nope")
+    assert_exit(missing, 2)
+    assert "nope: no such directory" in missing.output
     bad = cli("runs", root, "--sort", "colour")
     assert_exit(bad, 2)
     assert "--sort 'colour'" in bad.output

@@ -28,6 +28,7 @@ from sklearn.utils.estimator_checks import (
 )
 
 from deltaprop.sklearn import MLPClassifier, MLPRegressor, expected_failed_checks, load
+from deltaprop.sklearn._estimators import FLOAT32_CHECKS
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -56,7 +57,8 @@ def test_expected_failed_checks_reach_sklearn(estimator, monkeypatch):
                                         xfail_strict=True)
     marked = {_check_name(getattr(p, "values", p)[1]): [m for m in getattr(p, "marks", ()) if m.name == "xfail"]
               for p in decorator.args[1]}  # pytest.param(...) when marked, else (estimator, check)
-    assert {name for name, marks in marked.items() if marks} == set(listed)
+    assert {name for name, marks in marked.items() if marks} == set(listed) | set(FLOAT32_CHECKS)
+    assert set(expected_failed_checks(estimator)) == set(listed) | set(FLOAT32_CHECKS)  # float32 instances
     (mark,) = marked["check_fit2d_1sample"]
     assert mark.kwargs["reason"] == "an example reason" and mark.kwargs["strict"] is True
 
@@ -311,7 +313,7 @@ def test_same_weights_as_the_trainer_for_the_same_config(digits, tmp_path):
                         random_state=7).fit(Xtr, ytr)
     np.savez(tmp_path / "train.npz", X=Xtr.astype(np.float32), y=ytr)
     (tmp_path / "c.toml").write_text(
-        f'[model]\nhidden = [16]\n[data]\ntrain = "{tmp_path / "train.npz"}"\ntest = ""\nscale = "none"\n'
+        f'[model]\nhidden = [16]\ninit = "glorot_sklearn"\n[data]\ntrain = "{tmp_path / "train.npz"}"\ntest = ""\nscale = "none"\n'
         "[training]\nepochs = 3\nbatch_size = 100\nseed = 7\n")
     assert_exit(cli("train", tmp_path / "c.toml", "--run-dir", tmp_path / "run"), 0)
     cli_model = MLPClassifier.load(tmp_path / "run").model_

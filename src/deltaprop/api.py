@@ -15,7 +15,13 @@ from pathlib import Path
 from ._system import home
 from .errors import ConfigError
 from .io.rundir import RunDir
-from .training.config import Config, config_from_dict, load_config, merge_overrides
+from .training.config import (
+    INIT_RULES,
+    Config,
+    config_from_dict,
+    load_config,
+    merge_overrides,
+)
 from .training.model import load_model  # noqa: F401  (re-exported)
 from .training.prepare import resolve_data_spec
 from .training.run import LineReporter, RunResult
@@ -27,7 +33,7 @@ def resolve_paths(config: Config, config_dir: Path | None) -> Config:
     data = replace(config.data, train=resolve_data_spec(config.data.train, config_dir),
                    test=resolve_data_spec(config.data.test, config_dir))
     model = config.model
-    if model.init not in ("auto", "he", "xavier"):
+    if model.init not in INIT_RULES:
         model = replace(model, init=resolve_data_spec(model.init, config_dir))
     return replace(config, data=data, model=model)
 

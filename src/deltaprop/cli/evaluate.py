@@ -18,8 +18,10 @@ def _load(model_path: Path, data: str, require_labels: bool):
     from .common import err_console
     model = load_model(model_path, on_skip=lambda bad, why: err_console.print(
         f"note: skipping unusable checkpoint {bad.name} (using an older one): {why}"))
+    data_cfg = model.config.get("data", {})  # the training data's column names (CSV) apply here too
     ds = load_dataset(resolve_data_spec(data, None), require_labels=require_labels,
-                      label_column=model.config.get("data", {}).get("label_column", "label"))
+                      label_column=data_cfg.get("label_column", "label"),
+                      weight_column=data_cfg.get("weight_column", ""))
     model.check_features(ds.X, ds.source)
     why = model.input_warning(ds.X, ds.source)
     if why:  # said once, as a line of its own (not again as a Python warning with a file name)
@@ -34,14 +36,18 @@ def evaluate(
     data: Annotated[str, typer.Option(help="Dataset spec: fashion-mnist:test or a file path.")],
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
-    """Evaluate a model on labelled data: accuracy (classification) or mse, and loss."""
+    """Evaluate a model on labelled data: accuracy (classification) or mse, and loss (weighted by
+    the data's sample weights when it has them)."""
     m, ds = _load(model, data, True)
-    result = m.evaluate(ds.X, ds.y, ds.source)
+    result = m.evaluate(ds.X, ds.y, ds.source, weights=ds.w)
     if "confusion" in result:  # what the confusion matrix's rows and columns are
         result["classes"] = m.classes if m.classes is not None else list(range(len(result["confusion"])))
     if json_:
         print(json.dumps(result))
         return
+    if ds.w is not None:
+        console.print(f"{ds.source}: metrics weighted by the sample weights ({ds.w_from}, sum "
+                      f"{result['weight_sum']:.6g})")
     if "accuracy" in result:
         console.print(f"{ds.source}: n={result['n']} accuracy={result['accuracy']:.4f} loss={result['loss']:.4f}")
         from rich.table import Table

@@ -22,9 +22,17 @@ def _queue(create=False, readonly=False):
     return Queue(create=create, readonly=readonly)
 
 
-def _submit(queue, config: Path, sets: list[str], name: str | None = None, max_attempts: int = 3):
+def _read(config: Path, sets: list[str]):
+    """The job's config, checked as `train` would before starting (its loggers included)."""
     from ..api import read_config
+    from ..training.loggers import check_logger_names
     cfg = read_config(config, sets)
+    check_logger_names(cfg)
+    return cfg
+
+
+def _submit(queue, config: Path, sets: list[str], name: str | None = None, max_attempts: int = 3):
+    cfg = _read(config, sets)
     return queue.submit(name or config.stem + ("[" + ",".join(sets) + "]" if sets else ""), cfg.to_toml(),
                         max_attempts)
 
@@ -41,6 +49,7 @@ def submit(
     max_attempts: MaxAttempts = 3,
 ):
     """Queue a training run; prints the job id."""
+    _read(config, set_ or [])  # a bad config creates no queue
     job = _submit(_queue(create=True), config, set_ or [], name, max_attempts)
     print(job.id)
 
@@ -81,9 +90,8 @@ def sweep(
     from ..jobs.sweep import grid_overrides
     queue = _queue(create=True)
     points = grid_overrides(grid)
-    from ..api import read_config
     for point in points:  # validate every point before queuing any
-        read_config(config, (set_ or []) + point)
+        _read(config, (set_ or []) + point)
     ids = [_submit(queue, config, (set_ or []) + point, f"{config.stem}[{','.join(point)}]", max_attempts).id
            for point in points]
     console.print(f"submitted {len(ids)} jobs: {' '.join(map(str, ids))} (their leaderboard, any time: "

@@ -31,6 +31,9 @@ def runs(
     """A table of runs: status, epochs done, best and final metrics, the config keys that differ."""
     from ..errors import DeltapropError
     from ..view.runlist import differing, higher_is_better, scan
+    missing = [d for d in dirs or [] if not d.is_dir()]
+    if missing:
+        raise DeltapropError(f"{missing[0]}: no such directory")
     records = scan(dirs or _default_dirs())
     if sort in ("name", "status"):
         records.sort(key=lambda r: getattr(r, sort))

@@ -31,8 +31,14 @@ def _checker(config_toml: str):
     import tomllib
 
     from ..api import read_config
+    from ..training.loggers import check_logger_names
     base = tomllib.loads(config_toml)
-    return lambda overrides: read_config(base, overrides).to_toml()
+
+    def check(overrides):
+        cfg = read_config(base, overrides)
+        check_logger_names(cfg)  # as `submit` does: a config `train` would refuse is never queued
+        return cfg.to_toml()
+    return check
 
 
 def _check_metric(cfg, metric: str) -> None:
@@ -107,6 +113,8 @@ def start(
         raise ConfigError(f"--direction {direction!r}: use maximize or minimize")
     optuna_module()  # a clear error before anything is created
     cfg = read_config(config, set_ or [])
+    from ..training.loggers import check_logger_names
+    check_logger_names(cfg)
     _check_metric(cfg, metric)
     check = _checker(cfg.to_toml())
     params = read_space(space, check)

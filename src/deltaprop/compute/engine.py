@@ -84,6 +84,7 @@ class Engine:
             self.xb = np.zeros(cap * int(self.sizes[0]), dt)
             self.yb = np.zeros(cap, np.int64)
             self.tb = np.zeros((cap, int(self.sizes[-1])), dt)
+            self.wb = np.zeros(cap, np.float64)
             self.Z, self.A, self.D = (np.zeros(cap * width, dt) for _ in range(3))
             self.rowloss = np.zeros(cap, np.float64)
             self.correct = np.zeros(cap, np.int64)
@@ -100,27 +101,37 @@ class Engine:
 
     # ---- calls into compiled code ----------------------------------------------------------
     def run_steps(self, X, mean, inv_std, y, perm, pos, n_steps, batch_size, theta, grad,
-                  opt: OptimizerSpec, opt_state, lrs, step0, *, seed=0, dropout=None, clip=0.0):
+                  opt: OptimizerSpec, opt_state, lrs, step0, *, seed=0, dropout=None, clip=0.0,
+                  weights=None):
         """Run n_steps minibatches of the permutation from `pos`. Returns (done, step_loss,
-        step_correct); done < n_steps means step `done` was non-finite and not applied."""
+        step_correct); done < n_steps means step `done` was non-finite and not applied.
+        `weights`: (len(X),) sample weights >= 0 (None: every row counts once); each batch's loss
+        is then sum(w * loss) / sum(w) (kernels/network.py `run_steps`), and step_correct holds
+        each batch's weighted accuracy times its rows instead of its count of correct rows."""
         self._buffers(batch_size)
         labels, targets = self._targets(y)
+        if weights is None:
+            w = np.zeros(0)
+        else:
+            w = np.ascontiguousarray(weights, np.float64)
+            if w.shape != (len(X),):
+                raise ValueError(f"weights need shape ({len(X)},), got {w.shape}")
         drop = np.zeros(self.L) if dropout is None else np.asarray(dropout, np.float64)
         if drop.shape != (self.L,) or not ((drop >= 0) & (drop < 1)).all():
             raise ValueError(f"dropout needs {self.L} rates in [0, 1), got {drop}")
         numba.set_num_threads(self.threads)  # per OS thread: another Engine may have changed it
         step_loss = np.zeros(n_steps)
-        step_correct = np.zeros(n_steps, np.int64)
+        step_correct = np.zeros(n_steps, np.float64)
         done = self.kernels.run_steps(
-            self.threads, X, mean, inv_std, labels, targets, perm, pos, n_steps, batch_size,
+            self.threads, X, mean, inv_std, labels, targets, w, perm, pos, n_steps, batch_size,
             self.sizes, self.woff, self.boff, self.hoff, self.act_ids, drop, seed, step0,
             theta, grad, OPTIMIZERS[opt.name], opt_state, opt.hyper(),
             np.ascontiguousarray(lrs, np.float64), float(clip), self.loss_kind,
-            self.xb, self.yb, self.tb, self.Z, self.A, self.D, self.rowloss, self.correct,
+            self.xb, self.yb, self.tb, self.wb, self.Z, self.A, self.D, self.rowloss, self.correct,
             self.sq, step_loss, step_correct)
         return int(done), step_loss, step_correct
 
-    def gradient(self, X, y, theta) -> tuple[float, np.ndarray]:
+    def gradient(self, X, y, theta, weights=None) -> tuple[float, np.ndarray]:
         """(loss, dL/dtheta) over all of X as one batch, theta unchanged (an SGD step, lr 0)."""
         n = len(X)
         grad = np.zeros_like(theta)
@@ -128,7 +139,7 @@ class Engine:
         d = X.shape[1]
         done, loss, _ = self.run_steps(
             X, np.zeros(d, self.dtype), np.ones(d, self.dtype), y, np.arange(n), 0, 1, n,
-            scratch, grad, OptimizerSpec(), np.zeros((2, theta.size), self.dtype), [0.0], 0)
+            scratch, grad, OptimizerSpec(), np.zeros((2, theta.size), self.dtype), [0.0], 0, weights=weights)
         return float(loss[0]), grad
 
     def predict(self, X, mean, inv_std, theta, batch_size=1024) -> np.ndarray:

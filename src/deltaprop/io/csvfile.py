@@ -1,5 +1,6 @@
-"""CSV datasets: a header row naming the columns, the label column by name, every other column a
-number. Errors name the line and the column.
+"""CSV datasets: a header row naming the columns, the label column by name, an optional column of
+sample weights (by name or 0-based index), every other column a number. Errors name the line and
+the column.
 """
 
 import contextlib
@@ -10,11 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .weights import check_weights
 
 
-def load_csv(path: Path, label_column: str, require_labels: bool, check_finite) -> tuple[np.ndarray, np.ndarray | None]:
-    """(features, labels or None) of a CSV with a header row; `check_finite(a, src, what, where)` is
-    the shared NaN/Inf check. Labels: numbers, or strings when the label column holds words."""
+def load_csv(path: Path, label_column: str, require_labels: bool, check_finite, weight_column: str | int = "",
+             require_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(features, labels or None, sample weights or None) of a CSV with a header row;
+    `check_finite(a, src, what, where)` is the shared NaN/Inf check. Labels: numbers, or strings
+    when the label column holds words. `weight_column` ("" for none): the weights' column, by name
+    or index; when the file lacks it that is an error only with `require_weights` (training)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
@@ -31,6 +36,9 @@ def load_csv(path: Path, label_column: str, require_labels: bool, check_finite) 
         raise DataError(f"{path}: label column {label_column!r} not found; the columns are "
                         f"{', '.join(names)}.")
     label_j = names.index(label_column) if has_label else None
+    weight_j = _weight_index(path, names, weight_column, require_weights)
+    if weight_j is not None and weight_j == label_j:
+        raise DataError(f"{path}: data.weight_column = {weight_column!r} is the label column {label_column!r}.")
     strings = None
     try:
         data = _loadtxt(path, np.float64)
@@ -51,14 +59,36 @@ def load_csv(path: Path, label_column: str, require_labels: bool, check_finite) 
     if data.shape[1] != len(names):
         raise DataError(f"{path}: rows have {data.shape[1]} fields but the header names {len(names)} columns.")
     check_finite(data, str(path), "the data", lambda r, c: _csv_where(path, names, r, c))
+    w = None
+    if weight_j is not None:
+        w = check_weights(data[:, weight_j], len(data), str(path), f"column {names[weight_j]!r}",
+                          lambda r: _csv_line(path, r))
     y = None
     if has_label:
-        y, data = data[:, label_j], np.delete(data, label_j, axis=1)
+        y = data[:, label_j]
         if strings is not None:
             y = strings
         elif np.array_equal(y, np.round(y)):
             y = y.astype(np.int64)
-    return data, y
+    drop = [j for j in (label_j, weight_j) if j is not None]
+    return (np.delete(data, drop, axis=1) if drop else data), y, w
+
+
+def _weight_index(path: Path, names: list[str], column: str | int, required: bool) -> int | None:
+    """The index of the weight column (None: no weights)."""
+    if isinstance(column, int) and not isinstance(column, bool):
+        if not 0 <= column < len(names):
+            raise DataError(f"{path}: data.weight_column = {column} is not a column index: the file has "
+                            f"{len(names)} columns (0..{len(names) - 1}).")
+        return column
+    if column == "":
+        return None
+    if column in names:
+        return names.index(column)
+    if required:
+        raise DataError(f"{path}: weight column {column!r} (data.weight_column) not found; the columns are "
+                        f"{', '.join(names)}.")
+    return None
 
 
 def _loadtxt(path: Path, dtype, usecols=None) -> np.ndarray:
@@ -106,6 +136,9 @@ def _csv_raise_bad_cell(path: Path, names: list[str], skip: int | None = None) -
                 raise DataError(f"{path}: line {line}, column {name!r}: {cell!r} is not a number.")
 
 
+def _csv_line(path: Path, row: int) -> str:
+    return f"line {next((ln for ln, r, _ in _csv_rows(path) if r == row), row + 2)}"
+
+
 def _csv_where(path: Path, names: list[str], row: int, col: int) -> str:
-    line = next((ln for ln, r, _ in _csv_rows(path) if r == row), row + 2)
-    return f"line {line}, column {names[col]!r}"
+    return f"{_csv_line(path, row)}, column {names[col]!r}"

@@ -1,9 +1,11 @@
 """Dataset loading and validation: one `load_dataset(spec)` for every input format.
 
-A spec is `fashion-mnist:train` / `fashion-mnist:test` or a path to `.npz` (arrays `X`, `y`),
+A spec is `fashion-mnist:train` / `fashion-mnist:test` or a path to `.npz` (arrays `X`, `y`, and
+optionally `w`, sample weights),
 `.npy` (features; labels in a sibling `foo_y.npy` / `foo.y.npy`; memory-mapped so data larger
 than RAM streams), `.csv` (header row, label column by name) or IDX (`*-images-idx3-ubyte[.gz]`
-with sibling `*-labels-idx1-ubyte[.gz]`). X keeps its stored dtype (uint8 stays uint8; scaling
+with sibling `*-labels-idx1-ubyte[.gz]`). Sample weights (io/weights.py) come from a `.npz`'s
+array `w` or a `.csv`'s `weight_column`. X keeps its stored dtype (uint8 stays uint8; scaling
 happens in the trainer) and must be treated as read-only. Every problem raises `DataError` with
 one sentence naming the file and the row/column/line.
 
@@ -24,6 +26,7 @@ import numpy as np
 from ..errors import DataError
 from .csvfile import load_csv
 from .idx import find_idx, read_idx
+from .weights import check_weights
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {"train": "train", "test": "t10k"}
@@ -32,20 +35,35 @@ _CHUNK_BYTES = 1 << 24  # finite checks read at most ~16 MB of a (memmapped) arr
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features `X` (n, d), labels/targets `y` ((n,) int64 labels, (n,)/(n, k) float) or None."""
+    """Features `X` (n, d), labels/targets `y` ((n,) int64 labels, (n,)/(n, k) float) or None, and
+sample weights `w` ((n,) float64, validated) or None; `w_from` says where they came from."""
 
     X: np.ndarray
     y: np.ndarray | None
     source: str
+    w: np.ndarray | None = None
+    w_from: str = ""
 
 
 def load_dataset(spec: str, *, base_dir: Path | None = None, label_column: str = "label",
-                 require_labels: bool = True) -> Dataset:
+                 require_labels: bool = True, weight_column: str | int = "",
+                 require_weights: bool = False) -> Dataset:
     """Load and validate the dataset named by `spec` (see the module docstring for formats).
 
     Relative paths resolve against `base_dir` (e.g. the config file's directory), else the cwd.
     With `require_labels=False` a file without labels gives `y=None` instead of an error.
+    `weight_column`: the sample weights' `.csv` column (name or index) or `.npz` array; "" means
+    a `.npz`'s array `w` if it has one, and none for a `.csv`. A named column or array the file
+    lacks is an error only with `require_weights` (training data); other formats have no weights.
     """
+    ds = _load(spec, base_dir, label_column, require_labels, weight_column, require_weights)
+    if require_weights and weight_column != "" and ds.w is None:
+        raise DataError(f"{ds.source}: data.weight_column = {weight_column!r} names sample weights, but "
+                        "only .csv (a column) and .npz (an array) data carry them.")
+    return ds
+
+
+def _load(spec, base_dir, label_column, require_labels, weight_column, require_weights) -> Dataset:
     if spec.partition(":")[0] == "fashion-mnist":
         split = spec.partition(":")[2]
         if split not in _FASHION_FILES:
@@ -61,11 +79,22 @@ def load_dataset(spec: str, *, base_dir: Path | None = None, label_column: str =
         raise DataError(f"Data file {path} {what} (known datasets: fashion-mnist:train, fashion-mnist:test).")
     name = path.name.lower()
     if name.endswith(".npz"):
-        X, y, ysrc = *_load_npz(path, require_labels), str(path)
+        if not isinstance(weight_column, str) and require_weights:
+            raise DataError(f"{path}: data.weight_column = {weight_column!r} is a column index, which names a "
+                            ".csv column; in a .npz name the array (default: w).")
+        w_name = weight_column if isinstance(weight_column, str) and weight_column else "w"
+        X, y, w = _load_npz(path, require_labels, w_name, require_weights and weight_column != "")
+        ds = _finish(X, y, str(path), str(path), str(path))
+        if w is None:
+            return ds
+        return Dataset(ds.X, ds.y, ds.source, check_weights(w, len(ds.X), str(path), f"array {w_name!r}"),
+                       f"array {w_name!r}")
     elif name.endswith(".npy"):
         X, y, ysrc = _load_npy(path, require_labels)
     elif name.endswith(".csv"):
-        return _finish(*load_csv(path, label_column, require_labels, _check_finite), str(path), str(path), str(path))
+        X, y, w = load_csv(path, label_column, require_labels, _check_finite, weight_column, require_weights)
+        ds = _finish(X, y, str(path), str(path), str(path))
+        return ds if w is None else Dataset(ds.X, ds.y, ds.source, w, f"column {weight_column!r}")
     elif "-idx" in name and "-ubyte" in name:
         labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
         labels = None if labels == path else find_idx(labels)
@@ -121,10 +150,14 @@ def _libc():
 _LIBC = None
 
 
-def dataset_from_arrays(X, y=None, source: str = "arrays") -> Dataset:
+def dataset_from_arrays(X, y=None, source: str = "arrays", w=None, w_name: str = "sample_weight") -> Dataset:
     """Validate in-memory arrays exactly as a loaded file's (dtype, 2-D shape, emptiness, NaN/Inf,
-    X/y row counts); errors name `source` (e.g. "fit(X, y)") instead of a file."""
-    return _finish(np.asarray(X), None if y is None else np.asarray(y), source, source, source)
+    X/y row counts, sample weights `w` called `w_name`); errors name `source` (e.g. "fit(X, y)")
+    instead of a file."""
+    ds = _finish(np.asarray(X), None if y is None else np.asarray(y), source, source, source)
+    if w is None:
+        return ds
+    return Dataset(ds.X, ds.y, ds.source, check_weights(w, len(ds.X), source, w_name), w_name)
 
 
 # -- validation shared by all formats -------------------------------------------------------------
@@ -197,15 +230,18 @@ def _check_finite(a: np.ndarray, src: str, what: str, where: Callable[[int, int]
 
 # -- formats --------------------------------------------------------------------------------------
 
-def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_npz(path: Path, require_labels: bool, w_name: str,
+              require_weights: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             missing = [k for k in ("X", "y") if k not in keys and (k == "X" or require_labels)]
+            missing += [w_name] if require_weights and w_name not in keys else []
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)}; the file has "
-                                f"{', '.join(keys) or 'no arrays'} (expected X and y).")
-            arrays = {k: z[k] for k in ("X", "y") if k in keys}
+                                f"{', '.join(keys) or 'no arrays'} (expected X and y"
+                                f"{f', and {w_name} (data.weight_column)' if require_weights else ''}).")
+            arrays = {k: z[k] for k in ("X", "y", w_name) if k in keys}
     except DataError:
         raise
     except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError, EOFError
@@ -213,7 +249,7 @@ def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
     for k, a in arrays.items():
         if not isinstance(a, np.ndarray):  # numpy hands back a member that is not .npy as bytes
             raise DataError(f"{path}: {k} is not an array (its member {k}.npy is not a .npy file).")
-    return arrays["X"], arrays.get("y")
+    return arrays["X"], arrays.get("y"), arrays.get(w_name)
 
 
 def _read_npy(path: Path, mmap: bool) -> np.ndarray:

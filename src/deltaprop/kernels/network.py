@@ -7,7 +7,7 @@ the result into the kernel cache directory and imports it, so Numba caches it li
 Layout (flat, C order):
   theta, grad  [W_0 (n1, n0) | b_0 (n1) | W_1 (n2, n1) | b_1 | ...]   offsets woff[l], boff[l]
   Z, A, D      for layer l a (cap, n_{l+1}) block at hoff[l]: pre-activation z, activation a, delta
-  xb           (cap, n0) gathered and scaled minibatch; yb / tb its labels / targets
+  xb           (cap, n0) gathered and scaled minibatch; yb / tb / wb its labels / targets / weights
 
 Parallelism: every step is a few `prange` regions over tiles of output columns (of z or delta)
 or rows (of dW), `n_tiles` of them from the shapes alone; a tile is one single-threaded BLAS
@@ -107,8 +107,9 @@ def _dropout(X, off, r0, r1, ncols, c0, c1, seed, step, layer, rate):
 
 
 @numba.njit(**PJIT)
-def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb):
-    """xb[i] = (X[perm[p0+i]] - mean) * inv_std, and the matching labels/targets."""
+def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb, weights, wb):
+    """xb[i] = (X[perm[p0+i]] - mean) * inv_std, and the matching labels/targets (and sample
+    weights, when `weights` is not empty)."""
     d = X.shape[1]
     for t in prange(parts):
         lo, hi = chunk(nb, parts, t)
@@ -122,6 +123,8 @@ def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb):
             if targets.shape[0] > 0:
                 for j in range(targets.shape[1]):
                     tb[i, j] = targets[r, j]
+            if weights.size > 0:
+                wb[i] = weights[r]
 
 
 @numba.njit(**PJIT)
@@ -167,14 +170,15 @@ def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A,
 
 
 @numba.njit(**JIT)
-def loss_delta(kind, nb, out_act, k, off, Z, A, D, yb, tb, rowloss, correct):
-    """Per-row loss and the output delta dL/dz_out for rows 0..nb. Serial: it is O(nb k) next to
-    the output layer's O(nb k n_in) products, and as a parallel region it cost more to start
-    (and ~2 s more to compile) than it saved (batch 512, 10 classes: 30 us on 2 threads, 40 on 1)."""
+def loss_delta(kind, nb, out_act, k, off, Z, A, D, yb, tb, inv, w, rowloss, correct):
+    """Per-row loss and the output delta dL/dz_out for rows 0..nb (`inv`, `w`: see kernels/loss.py).
+    Serial: it is O(nb k) next to the output layer's O(nb k n_in) products, and as a parallel
+    region it cost more to start (and ~2 s more to compile) than it saved (batch 512, 10 classes:
+    30 us on 2 threads, 40 on 1)."""
     if kind == CROSS_ENTROPY:
-        cross_entropy_rows(Z, D, off, k, 0, nb, nb, yb, rowloss, correct)
+        cross_entropy_rows(Z, D, off, k, 0, nb, inv, w, yb, rowloss, correct)
     else:
-        mse_rows(A, D, off, k, 0, nb, nb, tb, rowloss)
+        mse_rows(A, D, off, k, 0, nb, inv, w, tb, rowloss)
         grad_block(out_act, Z, D, off, 0, nb, k, 0, k)
 
 
@@ -218,38 +222,55 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step
 
 
 @numba.njit(**JIT)
-def run_steps(parts, X, mean, inv_std, labels, targets, perm, pos0, n_steps, cap,
+def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_steps, cap,
               sizes, woff, boff, hoff, act, drop, seed, step0,
               theta, grad, opt_kind, opt_state, hyper, lrs, clip, loss_kind,
-              xb, yb, tb, Z, A, D, rowloss, correct, sq, step_loss, step_correct):
+              xb, yb, tb, wb, Z, A, D, rowloss, correct, sq, step_loss, step_correct):
     """Run n_steps minibatch steps from position pos0 of the epoch's permutation.
 
     1) gather  2) forward (applying the previous step's update on the way)  3) loss + output
     delta  4) backward  5) clip and check; the last step's update is applied before returning.
     Returns the number of steps completed; fewer than n_steps means step `returned` produced a
     non-finite loss or gradient, and its update was not applied (theta is still the last good one).
+
+    `weights` (one per row of X, or empty): sample weights. A batch's loss is then
+    sum(w_i loss_i) / sum(w_i), its gradient that of this loss, and step_correct[s] its weighted
+    accuracy times its rows (so rows-weighted sums over steps, as for the loss, give the epoch's).
+    Without them the loss is the batch mean and step_correct[s] the count of correct rows.
     """
     n = perm.size
     L = sizes.size - 1
     k = sizes[L]
+    weighted = weights.size > 0
     coef = np.zeros(10, theta.dtype)
     pending = False  # the last step's update, applied inside the next forward pass or at the end
     for s in range(n_steps):
         p0 = pos0 + s * cap
         nb = min(cap, n - p0)
         step = step0 + s
-        gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb)
+        gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb, weights, wb)
+        inv = 1.0 / nb
+        if weighted:
+            wsum = 0.0
+            for i in range(nb):
+                wsum += wb[i]
+            inv = 1.0 / wsum if wsum > 0.0 else 0.0  # a batch of zero weights: no data gradient
         forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D,
                 pending, opt_kind, grad, opt_state, coef, hyper, step)
         pending = False
-        loss_delta(loss_kind, nb, act[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, rowloss, correct)
+        loss_delta(loss_kind, nb, act[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, inv, wb[:nb] if weighted else
+                   wb[:0], rowloss, correct)
         total = 0.0
-        hits = 0
+        hits = 0.0
         for i in range(nb):
             total += rowloss[i]
-            hits += correct[i]
-        step_loss[s] = total / nb
-        step_correct[s] = hits
+            hits += correct[i] * wb[i] if weighted else correct[i]
+        if weighted:
+            step_loss[s] = total * inv
+            step_correct[s] = min(hits * inv, 1.0) * nb  # <= nb, as a resumed state is checked to be
+        else:
+            step_loss[s] = total / nb
+            step_correct[s] = hits
         if not math.isfinite(total):
             return s
         sq[:] = 0.0
@@ -281,12 +302,13 @@ def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, l
     empty_f = np.zeros((0, 1), xb.dtype)
     no_state = np.zeros((2, 0), theta.dtype)
     no_coef = np.zeros(10, theta.dtype)
+    no_w = np.zeros(0)
     scratch = np.empty_like(Z)
     zero = np.int64(0)  # typed like run_steps' arguments, not as literals: forward compiles once
     no = zero > 0
     for p0 in range(0, n, cap):
         nb = min(cap, n - p0)
-        gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f)
+        gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f, no_w, no_w)
         forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, zero, zero, Z, A, scratch,
                 no, zero, theta, no_state, no_coef, np.zeros(N_HYPER), zero)
         for i in range(nb):

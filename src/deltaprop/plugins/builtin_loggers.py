@@ -18,6 +18,7 @@ epoch's end, at the epoch's last global step).
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .._system import atomic_write, home
@@ -97,8 +98,30 @@ class MLflowLogger(Logger):
         self.pending: list = []
         self.have: dict[str, int] = {}  # metric key -> the last step the store already has
 
+    @contextmanager
+    def _store_lock(self):
+        """Writers of one SQLite store take turns (an flock on DB.lock beside it): two jobs
+        starting at once raced to create its tables ("table metrics already exists"), and
+        concurrent writes can meet "database is locked"."""
+        if not self.uri.startswith("sqlite:///"):
+            yield
+            return
+        import fcntl
+        db = Path(self.uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def start(self, run: RunInfo) -> None:
-        uri = run.options.get("mlflow_tracking_uri") or default_tracking_uri()
+        self.uri = run.options.get("mlflow_tracking_uri") or default_tracking_uri()
+        with self._store_lock():
+            self._start(run, self.uri)
+
+    def _start(self, run: RunInfo, uri: str) -> None:
         self.client = client = self._client_class(tracking_uri=uri)
         name = run.options.get("mlflow_experiment") or "deltaprop"
         exp = client.get_experiment_by_name(name)
@@ -162,13 +185,17 @@ class MLflowLogger(Logger):
         import time
         now = int(time.time() * 1000)
         batch, self.pending = self.pending, []
-        for i in range(0, len(batch), 1000):  # MLflow's log_batch limit
-            chunk = [self._metric(m.key, m.value, now, m.step) for m in batch[i:i + 1000]]
-            self.client.log_batch(self.run_id, metrics=chunk)
+        if not batch:
+            return
+        with self._store_lock():
+            for i in range(0, len(batch), 1000):  # MLflow's log_batch limit
+                chunk = [self._metric(m.key, m.value, now, m.step) for m in batch[i:i + 1000]]
+                self.client.log_batch(self.run_id, metrics=chunk)
 
     def end(self, status: str, model_path: Path | None) -> None:
         self.flush()
-        if model_path is not None:
-            self.client.log_artifact(self.run_id, str(model_path))
-        state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
-        self.client.set_terminated(self.run_id, state)
+        with self._store_lock():
+            if model_path is not None:
+                self.client.log_artifact(self.run_id, str(model_path))
+            state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+            self.client.set_terminated(self.run_id, state)

@@ -11,6 +11,11 @@ same; they become a deltaprop `Config`, and `fit` runs `training.trainer.Trainer
 directory, on the arrays, through the same prepare / engine / kernels as `deltaprop train`.
 
 Mappings worth knowing:
+- `init="glorot_sklearn"` (the default): sklearn's initialisation draw for draw (Glorot-uniform
+  weights and biases from `RandomState(random_state)`), so equal parameters start alike.
+- `sample_weight`: sklearn's definition, each minibatch's loss `sum(w * loss) / sum(w)`; `alpha`
+  then becomes `weight_decay = alpha / (batch_size * mean(w))` (sklearn's `alpha / sum(w)` for a
+  full batch).
 - `alpha` (sklearn: L2 penalty `alpha/2 * ||W||^2` per minibatch, divided by the batch size) becomes
   `optimizer.weight_decay = alpha / batch_size`, which gives the same gradient term; deltaprop's
   optimizers decay the biases too, and adamw applies it decoupled (torch's AdamW rule).

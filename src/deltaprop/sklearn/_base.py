@@ -1,6 +1,7 @@
 """The estimators' shared machinery: parameters to a deltaprop Config, fitting through the
 trainer (no run directory), prediction, sklearn-style weights, pickling."""
 
+import numbers
 import re
 import time
 import warnings
@@ -14,6 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import ConfigError, DeltapropError
+from ..training.config import INIT_RULES
 from ..training.threads import SharedThreadTuner
 
 # config key -> the parameter that becomes it: config errors are reported under the parameter's name
@@ -62,7 +64,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dtype="float32",
-                 threads=0):
+                 threads=0, init="glorot_sklearn"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -85,6 +87,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.threads = threads
+        self.init = init
 
     # ---- parameters -> Config ----------------------------------------------------------------
     def _hidden(self) -> list[int]:
@@ -120,14 +123,16 @@ class _BaseMLP(BaseEstimator):
              f"momentum must be in [0, 1], got {self.momentum!r}")
         need(isinstance(self.validation_fraction, num) and 0 < self.validation_fraction < 1,
              f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        need(isinstance(self.init, str) and self.init in INIT_RULES,
+             f"init must be one of {', '.join(INIT_RULES)}, got {self.init!r}")
         self._config(2**31, self.max_iter, 0, bool(self.early_stopping), self.threads)
 
     def _np_dtype(self):
         return np.dtype(self.dtype)
 
-    def _config(self, n_train: int, epochs, seed: int, early_stopping: bool, threads):
+    def _config(self, n_train: int, epochs, seed: int, early_stopping: bool, threads, mean_weight=None):
         """The deltaprop Config these parameters mean (values pass through unconverted, so the
-        config's type checks see them as given)."""
+        config's type checks see them as given). `mean_weight`: of the sample weights, if any."""
         from ..training.config import config_from_dict
         hidden = self._hidden()
         batch = 200 if self.batch_size == "auto" else int(self.batch_size)
@@ -137,14 +142,15 @@ class _BaseMLP(BaseEstimator):
         monitor = ("val_accuracy" if self._loss == "cross_entropy" else "val_r2") if early_stopping else "train_loss"
         dtype = np.dtype(self.dtype).name if self.dtype in (np.float32, np.float64) else _plain(self.dtype)
         raw = {
-            "model": {"hidden": hidden, "activation": self._activations(len(hidden))},
+            "model": {"hidden": hidden, "activation": self._activations(len(hidden)), "init": self.init},
             "data": {"train": "", "test": "", "scale": "none",
                      "validation_fraction": _plain(self.validation_fraction) if early_stopping else 0.0},
             "training": {"epochs": _plain(epochs), "batch_size": batch, "loss": self._loss,
                          "shuffle": _plain(self.shuffle), "seed": int(seed), "dtype": dtype,
                          "threads": _plain(threads)},
             "optimizer": {"name": _plain(self.solver), "lr": _plain(self.learning_rate_init),
-                          "weight_decay": float(self.alpha) / batch,
+                          "weight_decay": float(self.alpha) / batch if mean_weight is None else
+                                          float(self.alpha) / (batch * mean_weight),
                           "betas": [_plain(self.beta_1), _plain(self.beta_2)], "eps": _plain(self.epsilon)},
             "early_stopping": {"patience": int(self.n_iter_no_change) + 1 if epochs != 1 else 0,
                                "monitor": monitor, "min_delta": _plain(self.tol),
@@ -165,7 +171,8 @@ class _BaseMLP(BaseEstimator):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
     # ---- fitting -----------------------------------------------------------------------------
-    def _fit(self, X, y, incremental: bool, classes=None):
+    def _fit(self, X, y, incremental: bool, classes=None, sample_weight=None):
+        from ..io.weights import check_weights
         from ..training.trainer import Start, Trainer
         self._check_params()
         fitted = hasattr(self, "model_")
@@ -177,6 +184,11 @@ class _BaseMLP(BaseEstimator):
         X, y = validate_data(self, X, y, reset=first, dtype=self._np_dtype(), ensure_all_finite=False,
                              **self._y_check())
         X = np.require(X, self._np_dtype(), ["C", "W"])
+        source = f"{type(self).__name__}.{'partial_fit' if incremental else 'fit'}(X, y)"
+        w = None
+        if sample_weight is not None:
+            with _as_value_error():
+                w = check_weights(_weight_array(sample_weight, len(X)), len(X), source, "sample_weight")
         y, k = self._encode_y(y, first, incremental, classes)
         if not first and self.model_.scale != "none":
             raise ValueError(f"cannot continue training a model with deltaprop's input scaling "
@@ -201,11 +213,10 @@ class _BaseMLP(BaseEstimator):
         tuned = int(self.threads) == 0  # chosen fit by fit, across this process's fits
         threads = _FIT_THREADS.choose() if tuned else int(self.threads)
         with _as_value_error():
-            cfg = self._config(n_train, epochs, self._seed, early, threads)
+            cfg = self._config(n_train, epochs, self._seed, early, threads, None if w is None else float(w.mean()))
             t0 = time.perf_counter()
-            result = Trainer(cfg, None, arrays=(X, y), n_outputs=k, start=start,
-                             source=f"{type(self).__name__}.{'partial_fit' if incremental else 'fit'}(X, y)",
-                             reporter=_Printer() if self.verbose else None).run()
+            result = Trainer(cfg, None, arrays=(X, y) if w is None else (X, y, w), n_outputs=k, start=start,
+                             source=source, reporter=_Printer() if self.verbose else None).run()
         if tuned:
             work = n_train * max(1, len(result.metrics)) * result.model.theta.size
             _FIT_THREADS.record(threads, time.perf_counter() - t0, work)
@@ -311,6 +322,14 @@ class _BaseMLP(BaseEstimator):
         return load_as(cls, path)
 
     def _loaded(self, info: dict) -> None: ...
+
+
+def _weight_array(sample_weight, n: int):
+    """sample_weight as scikit-learn takes it: an array-like (list, Series, ...) or one number for
+    every row. Validated by io/weights.py."""
+    if isinstance(sample_weight, numbers.Number) and not isinstance(sample_weight, bool):
+        return np.full(n, float(sample_weight))
+    return np.asarray(sample_weight)
 
 
 def _plain(v):

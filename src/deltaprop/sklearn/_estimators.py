@@ -21,7 +21,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _loss = "cross_entropy"
     # sklearn estimator checks this estimator is known to fail: check name -> reason (read through
-    # `expected_failed_checks` below; none today)
+    # `expected_failed_checks` below, which adds FLOAT32_CHECKS for float32 instances)
     EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
     def _y_check(self) -> dict:
@@ -53,14 +53,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"'y' has {seen}.")
         return idx.astype(np.int64), len(self.classes_)
 
-    def fit(self, X, y):
-        """Train on X (n, d) and class labels y (n,) for up to max_iter epochs; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n, d) and class labels y (n,) for up to max_iter epochs; returns self.
+        `sample_weight` (n,): weights >= 0 of the rows' losses (scikit-learn's definition: each
+        minibatch's loss is sum(w * loss) / sum(w))."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), continuing weights and optimizer state; `classes` (all labels
-        that will ever appear) is required on the first call."""
-        return self._fit(X, y, incremental=True, classes=classes)
+        that will ever appear) is required on the first call. (scikit-learn's order: sample_weight
+        comes before classes.)"""
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X) -> np.ndarray:
         """(n, n_classes) class probabilities, float64, rows summing to 1."""
@@ -108,13 +111,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         y = np.array(y, dtype=self._np_dtype(), order="C")  # a fresh, writable copy
         return y, 1 if y.ndim == 1 else y.shape[1]
 
-    def fit(self, X, y):
-        """Train on X (n, d) and targets y (n,) or (n, k) for up to max_iter epochs; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n, d) and targets y (n,) or (n, k) for up to max_iter epochs; returns self.
+        `sample_weight` (n,): weights >= 0 of the rows' losses, as for the classifier."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing weights and optimizer state."""
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
         out = self._forward(X)
@@ -128,8 +132,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
 
 
+# an expected failure of every float32 instance (scikit-learn's own MLP computes in X's dtype,
+# float64 in this check, and passes it; so do these estimators with dtype="float64")
+FLOAT32_CHECKS = {"check_sample_weight_equivalence_on_dense_data": (
+    "float32 arithmetic (dtype='float32'): fitting with integer sample_weight and fitting on the "
+    "repeated rows agree to float32 rounding (relative differences of 1e-7 to 1e-6 after training), "
+    "and the check compares the predictions at rtol=1e-7; with dtype='float64' it passes")}
+
+
 def expected_failed_checks(estimator) -> dict[str, str]:
-    """The scikit-learn estimator checks `estimator` is known to fail: check name -> reason.
+    """The scikit-learn estimator checks `estimator` is known to fail: check name -> reason (the
+    class's `EXPECTED_FAILED_CHECKS`, and `FLOAT32_CHECKS` for a float32 instance).
 
     scikit-learn >= 1.6 dropped the `_xfail_checks` tag (`_more_tags`/`__sklearn_tags__` have no
     field for it); its checks read expected failures from this argument instead:
@@ -137,7 +150,10 @@ def expected_failed_checks(estimator) -> dict[str, str]:
         parametrize_with_checks([MLPClassifier()], expected_failed_checks=expected_failed_checks)
         check_estimator(est, expected_failed_checks=expected_failed_checks(est))
     """
-    return dict(getattr(estimator, "EXPECTED_FAILED_CHECKS", {}))
+    out = dict(getattr(estimator, "EXPECTED_FAILED_CHECKS", {}))
+    if getattr(estimator, "dtype", None) in ("float32", np.float32):
+        out = FLOAT32_CHECKS | out
+    return out
 
 
 def load(path):

@@ -8,6 +8,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._values import is_number
 from ..io.safetensors import read_safetensors, write_safetensors
+from ..training.config import INIT_RULES
 from ..training.model import Model, resolve_model_path
 from ._base import _as_value_error
 
@@ -100,4 +101,6 @@ def _params_from(model, info: dict, cls) -> dict:
         p["random_state"] = tr["seed"]
     if "batch_size" in tr:
         p["batch_size"] = tr["batch_size"]
+    if c.get("model", {}).get("init") in INIT_RULES:
+        p["init"] = c["model"]["init"]
     return p

@@ -23,6 +23,8 @@ MONITOR_LOSS = {"val_accuracy": "cross_entropy", "train_accuracy": "cross_entrop
 # optimizer.weight_decay when not given: a sentinel, since TOML has no null and config.toml must
 # round-trip; any other negative value is an error
 WEIGHT_DECAY_UNSET = -1.0
+# model.init values that name a rule (anything else is a path to a .safetensors file)
+INIT_RULES = ("auto", "he", "xavier", "glorot_sklearn")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (256, 128)
     activation: str | tuple[str, ...] = "relu"  # one name, or one per hidden layer
     output_activation: str = "identity"  # mse only; cross-entropy's output is linear + softmax
-    init: str = "auto"  # auto | he | xavier | path to a .safetensors model
+    init: str = "auto"  # auto | he | xavier | glorot_sklearn | path to a .safetensors model
     dropout: float | tuple[float, ...] = 0.0  # per hidden layer
 
     def hidden_activations(self) -> list[str]:
@@ -54,6 +56,8 @@ class DataConfig:
     validation_fraction: float = option(0.0, ge=0.0, lt=1.0)
     scale: str = option("auto", choices=("auto", "none", "unit", "standardize"))
     label_column: str = "label"  # for .csv
+    # sample weights: a .csv column (name or 0-based index) or .npz array; "": a .npz's array w if any
+    weight_column: str | int = ""
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,9 @@ def _check_whole(c: Config, source: str) -> None:
         if h < 1:
             raise ConfigError(f"{source}: model.hidden[{i}] = {h} must be >= 1")
     c.model.hidden_activations()
+    if isinstance(c.data.weight_column, int) and c.data.weight_column < 0:
+        raise ConfigError(f"{source}: data.weight_column = {c.data.weight_column} is out of range: a column "
+                          "index must be >= 0 (or name the column)")
     for i, r in enumerate(c.model.dropout_rates()):
         if not 0.0 <= r < 1.0:
             raise ConfigError(f"{source}: model.dropout[{i}] = {r} must be in [0, 1)")

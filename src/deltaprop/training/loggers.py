@@ -17,6 +17,7 @@ from ..io.rundir import RunDir
 from ..plugins.builtin_loggers import NeedsRunDir
 from ..plugins.logger import Logger, RunInfo
 from ..plugins.manager import RESERVED_LOGGERS
+from .options import suggest
 
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> deltaprop's optional extra
 
@@ -44,20 +45,37 @@ class JsonlSteps(Logger):
         self.rundir.write_status(status, epoch=epoch, step=step, **({"error": error} if error else {}))
 
 
+def check_logger_names(config, registry=None) -> None:
+    """Each of `logging.loggers` is registered, else a ConfigError naming it (and the closest
+    name): what `train` checks before training and `submit`/`sweep` before queuing a job."""
+    names = [n for n in config.logging.loggers if n not in RESERVED_LOGGERS]
+    if not names:
+        return
+    if registry is None:
+        from ..plugins.manager import get_registry
+        registry = get_registry()
+    for i, name in enumerate(config.logging.loggers):
+        if name in RESERVED_LOGGERS:
+            continue
+        try:
+            registry.logger(name)
+        except PluginError as exc:
+            hint = suggest(name, [*RESERVED_LOGGERS, *registry.loggers])
+            raise ConfigError(f"logging.loggers[{i}] = {name!r}: {exc}{hint}") from None
+
+
 class RunLoggers:
     def __init__(self, config, registry, rundir: RunDir, note):
         self.note, self.rundir = note, rundir
         self.jsonl = JsonlSteps(rundir)
         self.every = config.logging.every_steps
         self.active: list[tuple[str, object, Logger]] = []  # (name, spec, logger)
+        check_logger_names(config, registry)
         for i, name in enumerate(config.logging.loggers):
             if name in RESERVED_LOGGERS:
                 continue
             where = f"logging.loggers[{i}] = {name!r}"
-            try:
-                spec = registry.logger(name)
-            except PluginError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+            spec = registry.logger(name)
             try:
                 logger = spec.factory()
             except ImportError as exc:

@@ -36,6 +36,8 @@ class Model:
     plugins: dict = field(default_factory=dict)  # activation -> {"source", "version"}
     config: dict = field(default_factory=dict)
     classes: list | None = None  # cross-entropy: the label of each output (None: 0..k-1)
+    # trained with sample weights: {"from": where they came from, "rows": training rows, "total": their sum}
+    sample_weights: dict | None = None
     _engine: object = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -136,23 +138,31 @@ class Model:
         from .targets import as_labels, labels_in
         return labels_in(y, self.classes, source) if self.classes is not None else as_labels(y, self.n_classes, source)
 
-    def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data", encoded: bool = False) -> dict:
-        """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse. `encoded`: y
-        holds output indices already (a run's own splits), not labels."""
+    def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data", encoded: bool = False,
+                 weights: np.ndarray | None = None) -> dict:
+        """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse and r2. `encoded`:
+        y holds output indices already (a run's own splits), not labels. `weights` (validated sample
+        weights, one per row): loss, accuracy, mse and r2 are weighted averages over the rows
+        (sklearn's `sample_weight` in its metrics), `weight_sum` is added; the confusion matrix
+        still counts rows."""
         from .targets import as_targets
         out = self.predict_proba(X, source).astype(np.float64)
-        n = len(out)
+        n, w = len(out), weights
+        extra = {} if w is None else {"weight_sum": float(np.sum(w))}
         if self.loss == "cross_entropy":
             labels = np.asarray(y, np.int64) if encoded else self.label_indices(y, source)
             p = out[np.arange(n), labels]
             pred = out.argmax(axis=1)
             k = self.n_classes
             confusion = np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
-            return {"n": n, "loss": float(-np.log(np.maximum(p, 1e-300)).mean()),
-                    "accuracy": float((pred == labels).mean()), "confusion": confusion.tolist()}
+            return {"n": n, "loss": _mean(-np.log(np.maximum(p, 1e-300)), w),
+                    "accuracy": _mean(pred == labels, w), "confusion": confusion.tolist()} | extra
         t = as_targets(y, self.sizes[-1], source)
         err = (out - t) ** 2
-        return {"n": n, "loss": float(0.5 * err.sum() / n), "mse": float(err.mean()), "r2": _r2(err, t)}
+        if w is None:
+            return {"n": n, "loss": float(0.5 * err.sum() / n), "mse": float(err.mean()), "r2": _r2(err, t)}
+        return {"n": n, "loss": 0.5 * _mean(err.sum(axis=1), w), "mse": _mean(err.mean(axis=1), w),
+                "r2": _r2(err, t, w)} | extra
 
     # ---- layers and files ------------------------------------------------------------------
     def layer_tensors(self) -> dict[str, np.ndarray]:
@@ -164,11 +174,14 @@ class Model:
 
     def metadata(self) -> dict:
         from .. import __version__
-        return {"kind": "model", "deltaprop_version": __version__, "sizes": list(self.sizes),
+        meta = {"kind": "model", "deltaprop_version": __version__, "sizes": list(self.sizes),
                 "activations": list(self.activations), "loss": self.loss, "dtype": self.dtype,
                 "plugins": self.plugins, "config": self.config, "classes": self.classes,
                 "preprocess": {"scale": self.scale, "mean": [float(v) for v in self.mean],
                                "inv_std": [float(v) for v in self.inv_std]}}
+        if self.sample_weights is not None:  # left out otherwise: unweighted files are as before
+            meta["sample_weights"] = dict(self.sample_weights)
+        return meta
 
     def save(self, path: Path) -> None:
         write_safetensors(Path(path), self.layer_tensors(), self.metadata())
@@ -237,15 +250,33 @@ class Model:
                 and (all(isinstance(c, str) for c in classes) or all(is_number(c) for c in classes))
                 and len(set(classes)) == len(classes)):
             raise bad(f"metadata 'classes' must list {sizes[-1]} distinct numbers or strings, one per output")
+        weights = meta.get("sample_weights")
+        if weights is not None and not (
+                isinstance(weights, dict) and isinstance(weights.get("from"), str)
+                and is_int(weights.get("rows")) and weights["rows"] >= 1 and is_number(weights.get("total"))
+                and np.isfinite(weights["total"]) and weights["total"] > 0):
+            raise bad(f"metadata 'sample_weights' must be {{from: a string, rows: an integer >= 1, total: a "
+                      f"number > 0}}, got {weights!r}")
         return cls(list(sizes), list(acts), loss, dtype, theta, stats["mean"], stats["inv_std"],
-                   pre["scale"], dict(plugins), dict(config), classes)
+                   pre["scale"], dict(plugins), dict(config), classes,
+                   None if weights is None else dict(weights))
 
 
-def _r2(err: np.ndarray, t: np.ndarray) -> float:
-    """Coefficient of determination averaged over outputs, as sklearn.metrics.r2_score (a constant
-    target scores 1 if predicted exactly, else 0)."""
-    ss_res = err.sum(axis=0)
-    ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
+def _mean(a: np.ndarray, w: np.ndarray | None) -> float:
+    """The mean of a over rows, weighted by w when given."""
+    return float(np.mean(a)) if w is None else float(np.sum(w * a) / np.sum(w))
+
+
+def _r2(err: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Coefficient of determination averaged over outputs, as sklearn.metrics.r2_score (with its
+    sample_weight: weighted sums and mean; a constant target scores 1 if predicted exactly, else 0)."""
+    if w is None:
+        ss_res = err.sum(axis=0)
+        ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
+    else:
+        w = w[:, None]
+        ss_res = (w * err).sum(axis=0)
+        ss_tot = (w * (t - (w * t).sum(axis=0) / w.sum()) ** 2).sum(axis=0)
     ok = ss_tot > 0
     r2 = np.where(ok, 1.0 - ss_res / np.where(ok, ss_tot, 1.0), np.where(ss_res == 0, 1.0, 0.0))
     return float(r2.mean())

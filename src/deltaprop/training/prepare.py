@@ -4,7 +4,8 @@
 validation split and the initial weights come from the seed), so a resume rebuilds it exactly.
 `prepare(config, registry, arrays=(X, y))` takes in-memory arrays instead of `data.train` (the
 scikit-learn estimators do): they are validated, split, scaled and turned into labels/targets
-exactly as a file's rows.
+exactly as a file's rows; `arrays=(X, y, w)` adds sample weights. Weights are data: a file's come
+with it (a .npz's array `w`, `data.weight_column`), so a resume rebuilds them too.
 """
 
 import re
@@ -36,6 +37,7 @@ class Split:
     X: np.ndarray  # features as stored (may be a memmap; rows picked by index)
     y: np.ndarray  # int64 labels (cross-entropy) or (n, k) float targets (mse)
     source: str
+    w: np.ndarray | None = None  # (n,) float64 sample weights, or None
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Prepared:
     val: Split | None
     test: Split | None
     model: Model  # initial weights and preprocessing
+    w: np.ndarray | None = None  # (n,) float64 sample weights of X's rows, or None
 
 
 def resolve_data_spec(spec: str, config_dir: Path | None) -> str:
@@ -135,15 +138,34 @@ def init_theta(sizes, inits, seed: int, dtype) -> np.ndarray:
     return layout.flatten(layers, dtype)
 
 
+def glorot_sklearn_theta(sizes, hidden_acts, seed: int, dtype) -> np.ndarray:
+    """scikit-learn's MLP initialisation (`BaseMultilayerPerceptron._init_coef`), draw for draw:
+    every layer's weights and biases ~ U(-b, b), b = sqrt(factor / (fan_in + fan_out)), factor 2
+    when the layer's activation is sigmoid (sklearn's "logistic") and 6 otherwise (the output layer
+    takes the last hidden layer's), drawn from `numpy.random.RandomState(seed)` in sklearn's order
+    (layer by layer: the (fan_in, fan_out) weights, then the biases). So an estimator with
+    `random_state=seed` starts from the very weights scikit-learn's would."""
+    rng = np.random.RandomState(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])
+    layers = []
+    for i in range(len(sizes) - 1):
+        n_in, n_out = sizes[i], sizes[i + 1]
+        act = hidden_acts[min(i, len(hidden_acts) - 1)] if hidden_acts else "relu"
+        bound = np.sqrt((2.0 if act == "sigmoid" else 6.0) / (n_in + n_out))
+        W = rng.uniform(-bound, bound, (n_in, n_out))
+        b = rng.uniform(-bound, bound, n_out)
+        layers.append((W.T, b))
+    return layout.flatten(layers, dtype)
+
+
 def _load_split(spec: str, config: Config, n_out: int, n_in: int, classes: list | None) -> Split:
-    ds = load_dataset(spec, label_column=config.data.label_column)
+    ds = load_dataset(spec, label_column=config.data.label_column, weight_column=config.data.weight_column)
     if ds.X.shape[1] != n_in:
         raise DataError(f"{ds.source}: has {ds.X.shape[1]} features per row, the training data has {n_in}")
     if config.training.loss == "cross_entropy":
         y = labels_in(ds.y, classes, ds.source) if classes is not None else as_labels(ds.y, n_out, ds.source)
     else:
         y = as_targets(ds.y, n_out, ds.source, dtype=config.training.dtype)
-    return Split(np.asarray(ds.X), y, ds.source)
+    return Split(np.asarray(ds.X), y, ds.source, ds.w)
 
 
 def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs: int | None = None,
@@ -152,9 +174,10 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     `n_outputs`: the number of classes/targets when y need not show them all (partial fits)."""
     c = config
     if arrays is None:
-        ds = load_dataset(c.data.train, label_column=c.data.label_column)
+        ds = load_dataset(c.data.train, label_column=c.data.label_column, weight_column=c.data.weight_column,
+                          require_weights=True)
     else:
-        ds = dataset_from_arrays(*arrays, source=source)
+        ds = dataset_from_arrays(arrays[0], arrays[1], source, arrays[2] if len(arrays) > 2 else None)
     X = np.asarray(ds.X)  # a memmap stays mapped; np.asarray drops the subclass for Numba
     y, k, classes = _outputs(c, ds.y, ds.source, n_outputs)
     n = len(X)
@@ -166,7 +189,15 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
                               f"{n - n_val} training and {n_val} validation rows of {n}")
         order = np.random.default_rng([c.training.seed, 0x5A11]).permutation(n)
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        val = Split(X[val_idx], y[val_idx], f"{ds.source} (validation split)")
+        val = Split(X[val_idx], y[val_idx], f"{ds.source} (validation split)",
+                    None if ds.w is None else ds.w[val_idx])
+    if ds.w is not None and not ds.w[train_idx].any():
+        raise DataError(f"{ds.source}: the sample weights ({ds.w_from}) of all {len(train_idx)} training rows "
+                        "are 0 (the validation split holds every row with a positive weight)")
+    if val is not None and val.w is not None and not val.w.any():
+        raise DataError(f"{ds.source}: the sample weights ({ds.w_from}) of all {len(val.y)} validation rows are "
+                        "0, so the validation metrics would weigh nothing: give more rows a positive weight or "
+                        "change data.validation_fraction")
     test = _load_split(c.data.test, c, k, X.shape[1], classes) if c.data.test else None
 
     hidden_acts = c.model.hidden_activations()
@@ -181,11 +212,15 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     if c.model.init in ("auto", "he", "xavier"):
         inits = [registry.get(a).init if c.model.init == "auto" else c.model.init for a in hidden_acts]
         theta = init_theta(sizes, inits + ["xavier"], c.training.seed, c.training.dtype)
+    elif c.model.init == "glorot_sklearn":
+        theta = glorot_sklearn_theta(sizes, hidden_acts, c.training.seed, c.training.dtype)
     else:
         theta = _init_from_file(c.model.init, sizes)
+    weights = None if ds.w is None else {"from": ds.w_from, "rows": len(train_idx),
+                                          "total": float(ds.w[train_idx].sum())}
     model = Model(sizes, acts, c.training.loss, c.training.dtype, theta.astype(c.training.dtype),
-                  mean, inv_std, mode, plugins, c.to_dict(), classes)
-    return Prepared(X, y, train_idx, val, test, model)
+                  mean, inv_std, mode, plugins, c.to_dict(), classes, sample_weights=weights)
+    return Prepared(X, y, train_idx, val, test, model, ds.w)
 
 
 def _init_from_file(path: str, sizes: list[int]) -> np.ndarray:

@@ -27,7 +27,7 @@ class State:
     step: int = 0  # global optimizer steps taken
     epoch_rng: dict | None = None  # shuffling RNG state at the start of `epoch`
     loss_sum: float = 0.0  # this epoch so far: sum over steps of batch loss * batch rows
-    correct: int = 0
+    correct: int | float = 0  # rows classified correctly (with sample weights: weighted, see the trainer)
     seen: int = 0
     train_seconds: float = 0.0
     history: list = field(default_factory=list)  # per-epoch metrics; not in checkpoints (metrics.jsonl)
@@ -78,9 +78,11 @@ def state_from_checkpoint(raw, path: Path, *, epochs: int, n_train: int, batch: 
         missing, extra = sorted(set(names) - set(raw)), sorted(set(raw) - set(names))
         raise bad("; ".join(([f"missing {', '.join(missing)}"] if missing else [])
                             + ([f"unknown {', '.join(extra)}"] if extra else [])))
-    for k in ("epoch", "pos", "step", "correct", "seen", "best_epoch", "bad_epochs"):
+    for k in ("epoch", "pos", "step", "seen", "best_epoch", "bad_epochs"):
         if not is_int(raw[k]) or raw[k] < 0:
             raise bad(f"{k} must be an integer >= 0, got {raw[k]!r}")
+    if not (is_number(raw["correct"]) and math.isfinite(raw["correct"]) and raw["correct"] >= 0):
+        raise bad(f"correct must be a number >= 0, got {raw['correct']!r}")
     for k in ("loss_sum", "train_seconds", "best"):
         v = raw[k]
         if not (k == "best" and v is None) and not (is_number(v) and math.isfinite(v)):

@@ -110,7 +110,7 @@ class Trainer:
             self.engine.run_steps(self.prep.X, m.mean, m.inv_std, self.prep.y, self.prep.train_idx, 0, 0,
                                   self.batch, self.theta, self.grad, self.opt, self.opt_state, self.schedule.lrs(0, 0),
                                   0, seed=c.training.seed, dropout=c.model.dropout_rates() + [0.0],
-                                  clip=c.training.clip_grad_norm)
+                                  clip=c.training.clip_grad_norm, weights=self.prep.w)
             if split is not None:
                 self.engine.predict(split.X[:1], m.mean, m.inv_std, self.theta)
 
@@ -168,11 +168,11 @@ class Trainer:
         if split is None:
             return {}
         try:
-            r = self.prep.model.evaluate(split.X, split.y, split.source, encoded=True)
+            r = self.prep.model.evaluate(split.X, split.y, split.source, encoded=True, weights=split.w)
         except CheckpointError as exc:  # the weights overflow on this split's data
             raise self._diverged(self.state.step, str(exc), self.schedule.lr(self.state.step - 1)) from None
-        r.pop("confusion", None)
-        r.pop("n", None)
+        for key in ("confusion", "n", "weight_sum"):
+            r.pop(key, None)
         return {f"{prefix}_{k}": v for k, v in r.items()}
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -184,6 +184,9 @@ class Trainer:
         if resume:
             check_plugins(self.rundir, self.registry)  # before loading data: names plugin and version
         self._setup()
+        if self.prep.model.sample_weights:
+            sw = self.prep.model.sample_weights
+            self.reporter.note(f"sample weights: {sw['from']} ({sw['rows']:,} training rows, sum {sw['total']:.6g})")
         self._compile()
         found = self._newest_checkpoint() if resume else None
         if found is None:
@@ -264,14 +267,18 @@ class Trainer:
                     self.prep.X, self.prep.model.mean, self.prep.model.inv_std, self.prep.y, perm, st.pos, n,
                     self.batch, self.theta, self.grad, self.opt, self.opt_state, lrs, st.step,
                     seed=c.training.seed, dropout=c.model.dropout_rates() + [0.0],
-                    clip=c.training.clip_grad_norm)
+                    clip=c.training.clip_grad_norm, weights=self.prep.w)
                 dt = time.perf_counter() - t0
                 rows = np.minimum(self.batch, self.n_train - (st.pos + self.batch * np.arange(done)))
                 for v in step_loss[:done] * rows:  # one step at a time: independent of chunking
                     st.loss_sum += float(v)
                 self.loggers.steps(st.step, step_loss[:done], lrs[:done], step_correct[:done], rows,
                                    sum(rows) / max(dt, 1e-9), self.prep.model.loss == "cross_entropy")
-                st.correct += int(step_correct[:done].sum())
+                if self.prep.w is None:  # a count of rows
+                    st.correct += int(step_correct[:done].sum())
+                else:  # weighted: each batch's accuracy times its rows, as the loss
+                    for v in step_correct[:done]:
+                        st.correct += float(v)
                 if self.tuner:
                     self.tuner.record(self.engine.threads, dt, int(rows.sum()))
                 st.seen += int(rows.sum())
@@ -315,8 +322,6 @@ class Trainer:
         if st.finished or (every and st.epoch % every == 0) or (c.checkpoint.every_steps and
                                                                 st.step % c.checkpoint.every_steps == 0):
             self._save()
-        if not st.finished:  # a tune trial at a rung: wait for the controller's verdict (io/rundir.py)
-            self.rundir.wait_at_gate(st.epoch, lambda: self._signal is not None or bool(self.stop_requested()))
         self._check_stop()
         return bool(why)
 
