@@ -1,7 +1,8 @@
 # deltaprop — every target sets itself up on a fresh Debian machine with python3:
 #   make run     train examples/fashion-mnist.toml into runs/fashion-mnist, then evaluate it
 #   make test    the whole pytest suite (fault-injection tests included)
-#   make bench   benchmarks against JAX, PyTorch CPU (eager, torch.compile), NumPy and scikit-learn
+#   make bench   benchmarks against JAX, PyTorch CPU (eager, torch.compile), NumPy and scikit-learn;
+#                grid search vs deltaprop tune (bench/tune.py)
 #   make setup   only create/update .venv and make sure Fashion-MNIST is installed
 #   make clean   remove .venv, caches and build artefacts (keeps runs/ and deltaprop-runs/)
 # Thread counts are decided by deltaprop itself: nothing here sets OPENBLAS_NUM_THREADS.
@@ -44,6 +45,7 @@ test: $(TEST_STAMP) data
 
 bench: $(BENCH_STAMP) data
 	$(PY) bench/bench.py
+	$(PY) bench/tune.py   # grid vs tune (TPE + ASHA) on digits and a Fashion-MNIST subset; a few minutes
 
 # The venv and the editable installs `make run` needs (no extras); redone when a pyproject.toml changes.
 $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
@@ -68,7 +70,7 @@ $(TEST_STAMP): $(STAMP)
 
 # jax (CPU build) and scikit-learn come from the bench extra; torch pinned as for the tests.
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q 'torch==2.13.0' -e '.[bench]'
+	$(PY) -m pip install -q 'torch==2.13.0' -e '.[bench,tune]'
 	@touch $@
 
 venv: $(STAMP)

@@ -73,6 +73,7 @@ class Block:
             raise ImportError("numba is blocked in this test")
 sys.meta_path.insert(0, Block())
 import deltaprop.jobs.queue, deltaprop.jobs.worker, deltaprop.jobs.sweep, deltaprop.jobs.ray
+import deltaprop.jobs.tune, deltaprop.jobs.space, deltaprop.jobs.study, deltaprop.jobs.schema
 import deltaprop.cli.main, deltaprop._system
 assert deltaprop._system.cores() >= 1
 assert "numba" not in sys.modules

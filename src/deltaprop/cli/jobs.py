@@ -12,7 +12,8 @@ from .common import HELP, console, handle_errors
 app = typer.Typer(help="The job queue: list, show, logs, cancel, retry.", no_args_is_help=True, context_settings=HELP)
 
 NO_WORKER_HINT_S = 10.0
-STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim"}
+STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim",
+                "pruned": "magenta"}
 
 
 def _queue(create=False, readonly=False):

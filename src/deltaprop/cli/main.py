@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from . import evaluate, export, jobs, plugins, runs, train
+from . import evaluate, export, jobs, plugins, runs, train, tune
 from .common import HELP
 
 app = typer.Typer(help="deltaprop: fast, reproducible MLP training on CPUs.", no_args_is_help=True,
@@ -36,6 +36,7 @@ app.command()(jobs.submit)
 app.command()(jobs.worker)
 app.command()(jobs.sweep)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(tune.app, name="tune")
 app.add_typer(plugins.app, name="plugins")
 
 

@@ -86,6 +86,7 @@ def plot(
     output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.")] = Path("curves.png"),
     jobs: Annotated[Optional[list[int]], typer.Option("--job", help="A job's run (repeat; a sweep's job ids).")] = None,
     steps: Annotated[bool, typer.Option("--steps", help="Step scalars (steps.jsonl) against the global step.")] = False,
+    study: Annotated[Optional[str], typer.Option(help="A tune study's trials (one line per trial's run).")] = None,
 ):
     """Training curves of runs as a PNG: one panel per metric, one line per run."""
     from ..errors import DeltapropError
@@ -96,8 +97,17 @@ def plot(
         from .jobs import _queue
         queue = _queue(readonly=True)
         dirs += [Path(queue.get(i).run_dir) for i in jobs]
+    if study:
+        from ..jobs.study import StudyDir
+        sd = StudyDir(study)
+        sd.spec()
+        from ..io.rundir import RunDir
+        dirs += [Path(d) for d in dict.fromkeys(t["run_dir"] for t in sd.board().get("trials", []) if t.get("run_dir"))
+                 if RunDir(d).metrics_path.exists()]
+        if not dirs:
+            raise DeltapropError(f"study {study} has no trial with an epoch yet")
     if not dirs:
-        raise DeltapropError("name the runs to plot: deltaprop plot RUN [RUN...] (or --job ID ...)")
+        raise DeltapropError("name the runs to plot: deltaprop plot RUN [RUN...] (or --job ID ..., --study ID)")
     missing = [d for d in dirs if not d.is_dir()]
     if missing:
         raise DeltapropError(f"{missing[0]}: no such run directory")

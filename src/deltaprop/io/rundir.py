@@ -6,6 +6,7 @@ the reading and writing of its files. No other module spells these names.
     RUN_DIR/checkpoints/       step-NNNNNNNNNN.safetensors, the newest `keep` kept
     RUN_DIR/model.safetensors  the final model
     RUN_DIR/log.txt            a queued job's output, every attempt
+    RUN_DIR/gate.json          a tune trial's rung: the epoch after which it waits for the controller
 
 `NullRunDir()` is a run that keeps nothing (the scikit-learn estimators train in memory): it takes
 no lock and writes no file, so the trainer never asks whether it has a directory.
@@ -131,6 +132,29 @@ class RunDir:
         except (OSError, ValueError):
             return {}
         return found if isinstance(found, dict) and isinstance(found.get("status"), str) else {}
+
+    # ---- gate.json: a tune trial waits at its pruner's rungs ---------------------------------
+    @property
+    def gate_path(self) -> Path:
+        return self.path / "gate.json"
+
+    def write_gate(self, until_epoch: int | None) -> None:
+        """Hold the run after `until_epoch` epochs until the gate moves (None: open)."""
+        atomic_write(self.gate_path, json.dumps({"until_epoch": until_epoch}) + "\n")
+
+    def read_gate(self) -> int | None:
+        try:
+            until = json.loads(self.gate_path.read_text()).get("until_epoch")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return until if isinstance(until, int) and not isinstance(until, bool) else None
+
+    def wait_at_gate(self, epochs_done: int, stop, poll_s: float = 0.05) -> None:
+        """After `epochs_done` epochs, wait while the gate holds there (the tune controller has not
+        yet told this trial's pruner's verdict) or until `stop()` (a signal: stop at this boundary).
+        Waiting changes nothing the run computes."""
+        while (until := self.read_gate()) is not None and epochs_done >= until and not stop():
+            time.sleep(poll_s)
 
     # ---- config.toml -------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
@@ -276,6 +300,8 @@ class NullRunDir(RunDir):
         return nullcontext()
 
     def write_config(self, text: str) -> None: ...
+
+    def wait_at_gate(self, epochs_done: int, stop, poll_s: float = 0.05) -> None: ...
 
     def write_metrics(self, history: list[dict]) -> None: ...
 

@@ -1,8 +1,9 @@
 """The durable job queue: one SQLite database under DELTAPROP_HOME (WAL, BEGIN IMMEDIATE).
 
-States: queued -> running -> succeeded | failed | cancelled. A claim takes a lease that the worker
-renews by heartbeat; a claim first sends expired leases (killed workers) back to the queue, where
-the next attempt resumes from the job's newest checkpoint. Every write a worker makes about a
+States: queued -> running -> succeeded | failed | cancelled | pruned (a tune trial its pruner
+stopped; `retry` continues it from its checkpoint); the schema and its migration are in schema.py.
+A claim takes a lease that the worker renews by heartbeat; a claim first sends expired leases
+(killed workers) back to the queue, where the next attempt resumes from the job's newest checkpoint. Every write a worker makes about a
 running job is fenced by (worker id, attempt): a late zombie cannot overwrite a newer attempt.
 """
 
@@ -10,43 +11,18 @@ import os
 import shutil
 import sqlite3
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from .._system import describe, fsync_dir
+from .._system import describe
 from .._system import home as default_home
-from ..errors import DeltapropError
 from ..io.rundir import RunDir
+from . import dbfile, schema
+from .dbfile import QueueError  # noqa: F401 (re-exported)
+from .schema import COLUMNS, SCHEMA, STATES, STOP_CANCEL, STOP_NONE, STOP_PRUNE  # noqa: F401 (re-exported)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    name          TEXT NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN ('queued','running','succeeded','failed','cancelled')),
-    run_dir       TEXT NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    max_attempts  INTEGER NOT NULL DEFAULT 3,
-    worker        TEXT,
-    lease_until   REAL,
-    cancel        INTEGER NOT NULL DEFAULT 0,
-    error         TEXT,
-    created_at    REAL NOT NULL,
-    started_at    REAL,
-    finished_at   REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id);
-"""
-COLUMNS = {"id", "name", "status", "run_dir", "attempts", "max_attempts", "worker", "lease_until", "cancel",
-           "error", "created_at", "started_at", "finished_at"}
 BUSY_TIMEOUT_S = 60.0  # how long a write waits for another process's transaction
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-
-
-class QueueError(DeltapropError):
-    """The queue database is missing, corrupt, locked, or a job does not exist."""
 
 
 @dataclass(frozen=True)
@@ -91,33 +67,14 @@ class Queue:
                 if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = FULL")
+                self._migrate()  # an older queue's schema, in one transaction
             if readonly:
                 self._check_schema()
         except sqlite3.DatabaseError as exc:
             raise self._error(exc) from None
 
     def _create(self) -> None:
-        """A new queue: built complete under a temp name, then linked into place, so queue.db is
-        never seen without its tables (an existing file without them is not a queue: refused,
-        never overwritten), and of two processes creating it at once one wins."""
-        tmp = self.home / f".queue.db.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            db = sqlite3.connect(str(tmp), isolation_level=None)
-            try:
-                db.executescript(SCHEMA)
-                db.execute("PRAGMA journal_mode = WAL")
-            finally:
-                db.close()
-            fsync_dir(self.home)
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another process created it first
-        except OSError as exc:
-            raise QueueError(f"cannot create the job queue {self.path}: {describe(exc)}") from None
-        finally:
-            for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-                p.unlink(missing_ok=True)
+        dbfile.create(self.home, self.path, SCHEMA)
 
     def _check_schema(self) -> None:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)").fetchall()}
@@ -132,46 +89,29 @@ class Queue:
                              + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
                                          + ([f"unknown {', '.join(extra)}"] if extra else []))
                              + "); it was not modified.")
+        if schema.version(self.db) > schema.VERSION:
+            raise QueueError(f"{self.path} was written by a newer deltaprop (queue version "
+                             f"{schema.version(self.db)}, this one knows {schema.VERSION}); it was not modified. "
+                             "Upgrade deltaprop to use it.")
+
+    def _migrate(self) -> None:
+        try:
+            schema.migrate(self.db)
+        except sqlite3.DatabaseError as exc:
+            error = self._error(exc)
+            if "unreadable" not in str(error):  # locked, full disk, read-only: say that
+                raise error from None
+            raise QueueError(f"cannot migrate the job queue {self.path} to version {schema.VERSION} ({exc}); "
+                             "it was not modified") from None
 
     def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
-        db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        return db
+        return dbfile.connect(target, BUSY_TIMEOUT_S, uri)
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        """mode=ro. In a directory we cannot write, SQLite cannot create the WAL index (-shm) that
-        reading a WAL database needs: there, immutable=1 (a snapshot read of the file as it is)."""
-        uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro"
-        db = self._connect(uri, uri=True)
-        try:
-            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            return db
-        except sqlite3.OperationalError:
-            db.close()
-            if os.access(self.home, os.W_OK):
-                raise
-        db = self._connect(uri + "&immutable=1", uri=True)
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return db
+        return dbfile.connect_readonly(self.path, self.home, BUSY_TIMEOUT_S)
 
     def _error(self, exc: Exception) -> QueueError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            timeout = BUSY_TIMEOUT_S
-            if getattr(self, "db", None) is not None:
-                timeout = self.db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
-            return QueueError(f"the job queue {self.path} stayed locked for {timeout:g} s by another "
-                              "process; nothing was changed, try again")
-        if "readonly" in text or "read-only" in text or "unable to open" in text:
-            return QueueError(f"the job queue {self.path} cannot be written ({text}): its file system is "
-                              f"read-only, or {self.home} or the file is not writable for you (SQLite also "
-                              "writes queue.db-wal and queue.db-shm beside it); nothing was changed")
-        if "full" in text:
-            return QueueError(f"the job queue {self.path} cannot be written: the disk is full ({text}); "
-                              "nothing was changed")
-        return QueueError(f"the job queue {self.path} is unreadable ({text}); it was not modified. "
-                          "Move it aside to start a new queue.")
+        return dbfile.error(exc, self.path, self.home, getattr(self, "db", None), BUSY_TIMEOUT_S)
 
     @contextmanager
     def _tx(self):
@@ -210,23 +150,45 @@ class Queue:
         self.db.close()
 
     # ---- users -------------------------------------------------------------------------------
-    def submit(self, name: str, config_toml: str, max_attempts: int = 3) -> Job:
+    def submit(self, name: str, config_toml: str, max_attempts: int = 3, run_dir: Path | None = None,
+               unique: bool = False) -> Job:
         """Queue a run: its directory gets config.toml now; a worker runs `resume` on it. If the
-        job cannot be recorded (a full disk...), the directory made for it is removed again."""
-        run_dir = None
+        job cannot be recorded (a full disk...), the directory made for it is removed again.
+        `run_dir`: this directory (made if missing; it must hold no run yet) instead of a new
+        runs/job-NNNNNN. `unique`: if a job of this name exists, return it and queue nothing (the
+        look-up and the insert are one transaction: exactly one job per name)."""
+        made = None
         try:
             with self._tx() as db:
+                if unique:
+                    row = db.execute("SELECT id FROM jobs WHERE name = ? ORDER BY id LIMIT 1", (name,)).fetchone()
+                    if row is not None:
+                        return self.get(row["id"])
                 cur = db.execute("INSERT INTO jobs (name, status, run_dir, max_attempts, created_at) "
                                  "VALUES (?, 'queued', '', ?, ?)", (name, max_attempts, time.time()))
                 job_id = cur.lastrowid
-                run_dir = _new_dir(self.home / "runs", f"job-{job_id:06d}")
-                RunDir(run_dir).write_config(config_toml)
-                db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(run_dir), job_id))
+                if run_dir is None:
+                    made = path = _new_dir(self.home / "runs", f"job-{job_id:06d}")
+                else:
+                    path = Path(run_dir).resolve()
+                    made = _own_dir(path)
+                    if RunDir(path).holds_run():
+                        raise QueueError(f"cannot queue {name}: {path} already holds a run")
+                RunDir(path).write_config(config_toml)
+                db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(path), job_id))
         except BaseException:
-            if run_dir is not None:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
             raise
         return self.get(job_id)
+
+    def find(self, name: str) -> Job | None:
+        """The (first) job of this name, or None."""
+        try:
+            row = self.db.execute("SELECT * FROM jobs WHERE name = ? ORDER BY id LIMIT 1", (name,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+        return Job(**dict(row)) if row else None
 
     def get(self, job_id: int) -> Job:
         try:
@@ -249,23 +211,34 @@ class Queue:
 
     def cancel(self, job_id: int) -> Job:
         """Queued: cancelled now. Running: flagged; the worker stops it at the next step boundary."""
+        return self._stop(job_id, "cancelled", STOP_CANCEL)
+
+    def prune(self, job_id: int) -> Job:
+        """What a tuner's pruner asks: like cancel, but the job ends `pruned` (continuable by
+        `retry`). A job that has already ended is left as it is (its result stands)."""
+        return self._stop(job_id, "pruned", STOP_PRUNE, done_ok=True)
+
+    def _stop(self, job_id: int, ended: str, request: int, done_ok: bool = False) -> Job:
         with self._tx() as db:
             job = self.get(job_id)
             if job.status == "queued":
-                db.execute("UPDATE jobs SET status='cancelled', finished_at=? WHERE id=?", (time.time(), job_id))
+                db.execute("UPDATE jobs SET status=?, finished_at=? WHERE id=?", (ended, time.time(), job_id))
             elif job.status == "running":
-                db.execute("UPDATE jobs SET cancel=1 WHERE id=?", (job_id,))
-            else:
+                db.execute("UPDATE jobs SET cancel=? WHERE id=? AND cancel=0", (request, job_id))
+            elif not done_ok:
                 done = {"succeeded": "has already succeeded", "failed": "has already failed",
-                        "cancelled": "is already cancelled"}[job.status]
+                        "cancelled": "is already cancelled", "pruned": "is already pruned"}[job.status]
                 raise QueueError(f"job {job_id} {done}: nothing to cancel")
         return self.get(job_id)
 
     def retry(self, job_id: int) -> Job:
         with self._tx() as db:
             job = self.get(job_id)
-            if job.status not in ("failed", "cancelled"):
-                raise QueueError(f"job {job_id} is {job.status}: only failed or cancelled jobs can be retried")
+            if job.status not in ("failed", "cancelled", "pruned"):
+                raise QueueError(f"job {job_id} is {job.status}: only failed or cancelled jobs, or pruned "
+                                 "trials, can be retried")
+            if job.status == "pruned" and os.path.isdir(job.run_dir):
+                RunDir(job.run_dir).write_gate(None)  # a continued trial: no pruner's rung holds it
             db.execute("UPDATE jobs SET status='queued', attempts=0, cancel=0, error=NULL, worker=NULL, "
                        "lease_until=NULL, finished_at=NULL WHERE id=?", (job_id,))
         return self.get(job_id)
@@ -290,18 +263,27 @@ class Queue:
                        "started_at=COALESCE(started_at, ?) WHERE id=?", (worker, now + lease_s, now, row["id"]))
         return self.get(row["id"])
 
-    def heartbeat(self, job: Job, lease_s: float) -> tuple[bool, bool]:
-        """Renew the lease: (still ours, cancel requested)."""
+    def heartbeat(self, job: Job, lease_s: float) -> tuple[bool, int]:
+        """Renew the lease: (still ours, the stop request: STOP_NONE, STOP_CANCEL or STOP_PRUNE)."""
         with self._tx() as db:
             cur = db.execute("UPDATE jobs SET lease_until=? WHERE id=? AND worker=? AND attempts=? "
                              "AND status='running'", (time.time() + lease_s, job.id, job.worker, job.attempts))
             row = db.execute("SELECT cancel FROM jobs WHERE id=?", (job.id,)).fetchone()
-        return cur.rowcount == 1, bool(row and row["cancel"])
+        return cur.rowcount == 1, int(row["cancel"]) if row else STOP_NONE
+
+    def stop_requests(self, worker: str) -> dict[int, int]:
+        """{job id: stop request} of this worker's running jobs that have one (a read: no lock)."""
+        try:
+            rows = self.db.execute("SELECT id, cancel FROM jobs WHERE worker=? AND status='running' AND cancel!=0",
+                                   (worker,)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+        return {r["id"]: int(r["cancel"]) for r in rows}
 
     def finish(self, job: Job, status: str, error: str | None = None, retry: bool = True) -> bool:
         """Record the end of this attempt (fenced). A failure with attempts left goes back to the
         queue, unless `retry=False` (another attempt cannot succeed)."""
-        assert status in ("succeeded", "failed", "cancelled", "queued")
+        assert status in ("succeeded", "failed", "cancelled", "pruned", "queued")
         with self._tx() as db:
             if status == "failed" and retry and job.attempts < job.max_attempts:
                 status = "queued"
@@ -325,6 +307,18 @@ class Queue:
         except sqlite3.DatabaseError as exc:
             raise self._error(exc) from None
         return int(row["n"])
+
+
+def _own_dir(path: Path) -> Path | None:
+    """Make `path` (and its parents); the directory if this call made it, else None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()
+        return path
+    except FileExistsError:
+        return None
+    except OSError as exc:
+        raise QueueError(f"cannot create the run directory {path}: {describe(exc)}") from None
 
 
 def _new_dir(parent: Path, name: str) -> Path:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .._system import cores
 from ..io.rundir import RunDir
-from .queue import Job, Queue
+from .queue import STOP_CANCEL, STOP_PRUNE, Job, Queue
 
 LEASE_S = 30.0
 HEARTBEAT_S = 2.0
@@ -49,6 +49,7 @@ class Running:
     job: Job
     handle: object  # subprocess.Popen, or a Ray ObjectRef
     cancelled: bool = False
+    pruned: bool = False
     lost: bool = False
     draining: bool = False
 
@@ -152,6 +153,7 @@ class Worker:
                 handle = self._start(job)
                 if handle is not None:
                     self.running[job.id] = Running(job, handle)
+            self._pass_stop_requests()
             self._reap()
             if not self.running and (self.draining or (until_empty and self.queue.pending() == 0)):
                 return
@@ -180,14 +182,27 @@ class Worker:
 
     def _heartbeat(self) -> None:
         for r in self.running.values():
-            ours, cancel = self.queue.heartbeat(r.job, self.lease_s)
+            ours, request = self.queue.heartbeat(r.job, self.lease_s)
             if not ours and not r.lost:
                 r.lost = True
                 self.log(f"job {r.job.id}: lease lost to another worker; stopping attempt {r.job.attempts}")
                 self.executor.kill(r.handle)
-            elif cancel and not r.cancelled:
-                r.cancelled = True
-                self.executor.stop(r.handle, signal.SIGTERM)
+            elif ours:
+                self._stop_request(r, request)
+
+    def _pass_stop_requests(self) -> None:
+        """Between heartbeats too (a read, no lock): a tuner's prune reaches the job within a poll."""
+        if self.running:
+            for job_id, request in self.queue.stop_requests(self.id).items():
+                if job_id in self.running:
+                    self._stop_request(self.running[job_id], request)
+
+    def _stop_request(self, r: Running, request: int) -> None:
+        """Cancel or prune: SIGTERM, so the job checkpoints at its next step boundary and stops."""
+        if request not in (STOP_CANCEL, STOP_PRUNE) or r.cancelled or r.pruned:
+            return
+        r.cancelled, r.pruned = request == STOP_CANCEL, request == STOP_PRUNE
+        self.executor.stop(r.handle, signal.SIGTERM)
 
     def _reap(self) -> None:
         for job_id, r in list(self.running.items()):
@@ -199,6 +214,10 @@ class Worker:
                 continue
             if code == 0:
                 status, error = "succeeded", None
+            elif r.pruned:
+                status, error = "pruned", "pruned by the tuner"
+                RunDir(r.job.run_dir).append_log(f"--- job {job_id} pruned by the tuner; `deltaprop tune continue` "
+                                                 "(or `deltaprop jobs retry`) continues it from its checkpoint")
             elif r.cancelled:
                 status, error = "cancelled", "cancelled by user"
                 RunDir(r.job.run_dir).append_log(f"--- job {job_id} cancelled by `deltaprop jobs cancel`; "

@@ -42,7 +42,17 @@ def resume_run(run_dir: Path, wait_for_lock: bool = False, epochs: int | None = 
             raise ConfigError(f"--epochs {epochs}: the run in {rundir.path} has already trained {trained} epochs")
         config = replace(config, training=replace(config.training, epochs=epochs))
         kwargs["extend"] = True
-    return Trainer(config, rundir, **kwargs).run(resume=True, wait_for_lock=wait_for_lock)
+    trainer = Trainer(config, rundir, stop_requested=lambda: _wait_at_gate(trainer), **kwargs)
+    return trainer.run(resume=True, wait_for_lock=wait_for_lock)
+
+
+def _wait_at_gate(trainer) -> None:
+    """Asked at every step boundary whether to stop: right after an epoch ends (pos 0, the run not
+    finished), a tune trial at one of its pruner's rungs waits for the controller's verdict
+    (RunDir.wait_at_gate); a signal ends the wait, and the trainer checkpoints and stops."""
+    st = trainer.state
+    if st.pos == 0 and st.epoch > 0 and not st.finished:
+        trainer.rundir.wait_at_gate(st.epoch, lambda: trainer._signal is not None)
 
 
 def _epochs_trained(rundir: RunDir) -> int:
