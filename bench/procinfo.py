@@ -85,7 +85,7 @@ class EpochClock:
                     self.all_names[name] = self.all_names.get(name, 0) + 1
             for tid, (cpu, name) in cpu1.items():
                 d = cpu - self._cpu0.get(tid, (0.0, name))[0]
-                if d > 1e-4:  # 0.1 ms: a thread that only woke up to go back to sleep did not run
+                if d > 1e-5:  # 10 us: a thread that only woke up to go back to sleep did not run
                     self.busy.setdefault(tid, [0, name])[0] += d
             self.timed_wall += dt
         self.times.append(dt)
