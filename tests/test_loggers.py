@@ -245,6 +245,18 @@ def _same_curves(got: dict, want: dict) -> None:
             assert [v for _, v in got[tag]] == [v for _, v in points], tag
 
 
+class _FirstAtOnce:
+    """For _kill_after_progress: the first kill as soon as the first checkpoint appears (so there
+    is one however fast the machine trains), the later ones after random delays."""
+
+    def __init__(self, rng):
+        self.rng, self.calls = rng, 0
+
+    def uniform(self, a, b):
+        self.calls += 1
+        return 0.0 if self.calls == 1 else self.rng.uniform(a, b)
+
+
 @pytest.mark.fault
 def test_tensorboard_and_mlflow_curves_survive_sigkill_and_resume(tmp_path, data):
     cfg = _config(tmp_path, data, ["tensorboard", "mlflow"], epochs=3)
@@ -252,7 +264,7 @@ def test_tensorboard_and_mlflow_curves_survive_sigkill_and_resume(tmp_path, data
     ref = subprocess.run([DELTAPROP, "train", str(cfg), "--run-dir", str(tmp_path / "reference")],
                          capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
-    run_dir, rng, kills = tmp_path / "killed", random.Random(5), 0
+    run_dir, rng, kills = tmp_path / "killed", _FirstAtOnce(random.Random(5)), 0
     code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)], run_dir, rng)
     while code is None:
         kills += 1
