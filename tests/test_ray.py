@@ -198,13 +198,19 @@ def _paused_job(run_dir: str, worker) -> int:
     return pid
 
 
+EPOCHS = 400
+
+
 @pytest.mark.fault
 def test_cancel_and_drain_reach_ray_tasks(tmp_path, env, ray_head):
     """`jobs cancel` of a job running as a Ray task: the task is cancelled (ray.cancel), the job
     process gets SIGTERM, checkpoints and the job is cancelled. SIGTERM to the worker drains: the
     other task's job checkpoints and goes back to the queue without spending an attempt, and a
     new worker resumes it to the weights of a direct train."""
-    ids = [int(_cli(["submit", str(tmp_path / "c.toml"), "--set", "training.epochs=8"], env).stdout) for _ in "ab"]
+    # 400 epochs of 2000 rows: about a second of training, so that the second job is still
+    # training when the first has been paused (8 epochs, ~20 ms, once finished before it was paused)
+    ids = [int(_cli(["submit", str(tmp_path / "c.toml"), "--set", f"training.epochs={EPOCHS}"], env).stdout)
+           for _ in "ab"]
     jobs = {j["id"]: j for j in json.loads(_cli(["jobs", "list", "--json"], env).stdout)}
     cancel_dir, drain_dir = (jobs[i]["run_dir"] for i in ids)
     log = tmp_path / "worker.log"
@@ -248,7 +254,7 @@ def test_cancel_and_drain_reach_ray_tasks(tmp_path, env, ray_head):
     job = show(ids[1])
     assert (job["status"], job["attempts"]) == ("succeeded", 1)
     assert "resuming from step-" in (Path(drain_dir) / "log.txt").read_text()
-    assert _weights(Path(drain_dir) / "model.safetensors") == _direct(tmp_path, env, ["training.epochs=8"])
+    assert _weights(Path(drain_dir) / "model.safetensors") == _direct(tmp_path, env, [f"training.epochs={EPOCHS}"])
     assert show(ids[0])["status"] == "cancelled"
 
 
