@@ -6,7 +6,6 @@ store with MlflowClient, a real SQLite store in tmp_path.
 """
 
 import json
-import random
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures.fakedist import make_fake_dist
-from test_resume import _kill_after_progress, _newest_step
+from test_resume import _kill_and_resume_until_done, _newest_step, _reference_run
 
 import deltaprop
 from deltaprop.api import read_config
@@ -245,32 +244,13 @@ def _same_curves(got: dict, want: dict) -> None:
             assert [v for _, v in got[tag]] == [v for _, v in points], tag
 
 
-class _FirstAtOnce:
-    """For _kill_after_progress: the first kill as soon as the first checkpoint appears (so there
-    is one however fast the machine trains), the later ones after random delays."""
-
-    def __init__(self, rng):
-        self.rng, self.calls = rng, 0
-
-    def uniform(self, a, b):
-        self.calls += 1
-        return 0.0 if self.calls == 1 else self.rng.uniform(a, b)
-
-
 @pytest.mark.fault
 def test_tensorboard_and_mlflow_curves_survive_sigkill_and_resume(tmp_path, data):
     cfg = _config(tmp_path, data, ["tensorboard", "mlflow"], epochs=3)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ref = subprocess.run([DELTAPROP, "train", str(cfg), "--run-dir", str(tmp_path / "reference")],
-                         capture_output=True, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr
-    run_dir, rng, kills = tmp_path / "killed", _FirstAtOnce(random.Random(5)), 0
-    code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)], run_dir, rng)
-    while code is None:
-        kills += 1
-        assert kills < 40
-        code = _kill_after_progress([DELTAPROP, "resume", str(run_dir)], run_dir, rng)
-    assert kills >= 1
+    window = _reference_run(cfg, tmp_path / "reference")
+    run_dir = tmp_path / "killed"
+    assert _kill_and_resume_until_done(cfg, run_dir, window, 5) >= 1
     assert _weights(run_dir) == _weights(tmp_path / "reference")
 
     want = _scalars(tmp_path / "reference" / "tb")

@@ -20,6 +20,7 @@ import pytest
 from deltaprop.api import read_config
 from deltaprop.io.checkpoints import list_checkpoints
 from deltaprop.io.safetensors import read_safetensors
+from deltaprop.training.model import load_model
 from deltaprop.training.runs import train_run
 
 DELTAPROP = str(Path(sys.executable).with_name("deltaprop"))
@@ -74,44 +75,71 @@ def _newest_step(run_dir: Path) -> int:
     return int(found[-1].stem.split("-")[1]) if found else -1
 
 
-def _kill_after_progress(cmd, run_dir: Path, rng: random.Random, timeout=600.0) -> int | None:
-    """Start cmd; once a new checkpoint appears, SIGKILL it after a random extra delay.
+def _reference_run(cfg: Path, run_dir: Path) -> float:
+    """Train cfg uninterrupted into run_dir with the CLI; returns the seconds the process ran
+    after its first checkpoint appeared: the window in which a kill lands on this machine."""
+    proc = subprocess.Popen([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = None
+    while proc.poll() is None:
+        if first is None and _newest_step(run_dir) >= 0:
+            first = time.monotonic()
+        time.sleep(0.001)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert first is not None, "the reference run wrote no checkpoint before it ended"
+    return time.monotonic() - first
+
+
+def _kill_after_progress(cmd, run_dir: Path, rng: random.Random, within: float = 0.0,
+                         timeout=600.0) -> int | None:
+    """Start cmd; once a new checkpoint appears, SIGKILL it after a random extra delay drawn from
+    [0, within) seconds. `within` is a fraction of the run's own training time (not a fixed
+    delay), so however fast the machine the kill lands before the run ends.
     Returns the exit code if it finished on its own, else None (killed)."""
     start_step = _newest_step(run_dir)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if _newest_step(run_dir) > start_step:
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, within))
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
                 return None
-        time.sleep(0.01)
+        time.sleep(0.001)
     proc.wait(timeout=timeout)
     assert proc.returncode == 0, proc.stderr.read()
     return proc.returncode
+
+
+def _kill_and_resume_until_done(cfg: Path, run_dir: Path, window: float, seed: int) -> int:
+    """Train cfg into run_dir, SIGKILLed after random delays and resumed until it finishes;
+    returns the number of kills. The delays are drawn within half of `window`, the time an
+    uninterrupted run goes on after its first checkpoint (_reference_run): the first kill always
+    lands, however fast the machine, and each later one at a random point of what is left."""
+    rng = random.Random(seed)
+    kills = 0
+    code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)],
+                                run_dir, rng, window / 2)
+    while code is None:
+        kills += 1
+        code = _kill_after_progress([DELTAPROP, "resume", str(run_dir)], run_dir, rng, window / 2)
+        assert kills < 60
+    return kills
 
 
 @pytest.mark.fault
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_and_resume_is_bit_exact(tmp_path, data, seed):
     cfg = _config(tmp_path, data, seed)
-    reference = train_run(read_config(cfg), tmp_path / "reference")
-
+    reference = tmp_path / "reference"
+    window = _reference_run(cfg, reference)
     run_dir = tmp_path / "killed"
-    rng = random.Random(seed)
-    kills = 0
-    code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)], run_dir, rng)
-    while code is None:
-        kills += 1
-        code = _kill_after_progress([DELTAPROP, "resume", str(run_dir)], run_dir, rng)
-        assert kills < 60
-    assert kills >= 1
+    assert _kill_and_resume_until_done(cfg, run_dir, window, seed) >= 1
     resumed = _weights(run_dir)
-    for name, value in _weights(reference.run_dir).items():
+    for name, value in _weights(reference).items():
         assert resumed[name].tobytes() == value.tobytes(), name
-    assert _metrics(run_dir) == _metrics(reference.run_dir)
+    assert _metrics(run_dir) == _metrics(reference)
 
 
 @pytest.mark.fault
@@ -123,28 +151,15 @@ def test_sigkill_and_resume_with_sample_weights_is_bit_exact(tmp_path, data):
     w = np.random.default_rng(8).integers(0, 4, len(X)).astype(np.float32)
     np.savez(tmp_path / "weighted.npz", X=X, y=y, w=w)
     cfg = _config(tmp_path, tmp_path / "weighted.npz", 8)
-    reference = train_run(read_config(cfg), tmp_path / "reference")
-    assert reference.model.sample_weights["from"] == "array 'w'"
+    reference = tmp_path / "reference"
+    window = _reference_run(cfg, reference)
+    assert load_model(reference).sample_weights["from"] == "array 'w'"
     run_dir = tmp_path / "killed"
-    rng = random.Random(8)
-    kills = 0
-    code = _kill_after_progress([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)], run_dir, rng)
-    while code is None:
-        kills += 1
-        code = _kill_after_progress([DELTAPROP, "resume", str(run_dir)], run_dir, rng)
-        assert kills < 60
-    assert kills >= 1
+    assert _kill_and_resume_until_done(cfg, run_dir, window, 8) >= 1
     resumed = _weights(run_dir)
-    for name, value in _weights(reference.run_dir).items():
+    for name, value in _weights(reference).items():
         assert resumed[name].tobytes() == value.tobytes(), name
-    assert _metrics(run_dir) == _metrics(reference.run_dir)
-
-
-class _NoDelay:
-    """For _kill_after_progress: kill as soon as the first checkpoint appears."""
-
-    def uniform(self, a, b):
-        return 0.0
+    assert _metrics(run_dir) == _metrics(reference)
 
 
 @pytest.mark.fault
@@ -157,7 +172,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, data):
     reference = train_run(read_config(cfg, sets), tmp_path / "reference")
     run_dir = tmp_path / "killed"
     argv = [DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir), "--set", sets[0]]
-    code = _kill_after_progress(argv, run_dir, _NoDelay())
+    code = _kill_after_progress(argv, run_dir, random.Random(4))  # within=0: at once
     assert code is None, "the run finished before it could be killed"
     _, meta = read_safetensors(list_checkpoints(run_dir / "checkpoints")[-1])
     assert 0 < meta["state"]["pos"] < 2700 and not meta["state"]["finished"]
