@@ -57,12 +57,13 @@ def phases(sizes: list[int], batch: int, threads: int, reps: int = 200, dtype: s
     opt = OptimizerSpec("sgd")
     e.run_steps(X, mean, inv_std, y, perm, 0, 2, batch, theta, grad, opt, state, np.zeros(2), 0)
     k, P, L = e.kernels, e.threads, e.L
+    fwd, grd = e.blocks()
     labels, targets = e._targets(y)
     drop, coef, hyper = np.zeros(L), np.zeros(10, dtype), opt.hyper()  # lr 0: theta stays
     no_w = np.zeros(0)  # no sample weights
 
     def forward(pending):
-        return lambda: k.forward(batch, e.xb, theta, e.sizes, e.woff, e.boff, e.hoff, e.act_ids, drop, 0, 0,
+        return lambda: k.forward(batch, e.xb, theta, e.sizes, e.woff, e.boff, e.hoff, fwd, drop, 0, 0,
                                  e.Z, e.A, e.D, pending, 0, grad, state, coef, hyper, 2)
 
     out = {
@@ -70,9 +71,9 @@ def phases(sizes: list[int], batch: int, threads: int, reps: int = 200, dtype: s
                                     no_w, e.wb),
         "forward": forward(False),
         "forward+update": forward(True),
-        "loss": lambda: k.loss_delta(0, batch, e.act_ids[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
+        "loss": lambda: k.loss_delta(0, batch, grd[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
                                  e.yb, e.tb, 1.0 / batch, no_w, e.rowloss, e.correct),
-        "backward": lambda: k.backward(batch, e.xb, theta, grad, e.sizes, e.woff, e.boff, e.hoff, e.act_ids,
+        "backward": lambda: k.backward(batch, e.xb, theta, grad, e.sizes, e.woff, e.boff, e.hoff, grd,
                                        drop, 0, 0, e.Z, e.A, e.D, e.sq),
         "update": lambda: k.apply(P, 0, theta, grad, state, coef, hyper, 2),
         "empty": lambda: k.apply(P, 0, theta[:0], grad[:0], state[:, :0], coef, hyper, 2),

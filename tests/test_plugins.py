@@ -447,13 +447,13 @@ def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
     """Editing a plugin's module constant, a tuple or array it reads, or the body of a jitted helper
     changes the compiled kernels' cache key, with the plugin's own functions and version unchanged;
     the same source gives the same key."""
-    from deltaprop.compute.factory import _fingerprint, network_kernels
+    from deltaprop.compute.factory import _fingerprint, activation_blocks
     from deltaprop.plugins.activation import Activation
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the generated files go there
 
     def key(module):
         act = Activation("edited", module.forward, module.derivative, source="edited-plugin", version="1.0")
-        return network_kernels((builtin.BUILTINS[0], act)).__name__
+        return activation_blocks(act, "float64").__name__
 
     base = _plugin_module(tmp_path)
     assert key(_plugin_module(tmp_path / "again")) == key(base)

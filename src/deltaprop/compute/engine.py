@@ -59,10 +59,10 @@ class Engine:
         self.loss = loss
         self.loss_kind = LOSSES[loss]
         self.dtype = np.dtype(dtype)
-        names = sorted(set(self.activations) | {"identity"})
-        acts = tuple((registry.require_checked if training else registry.get)(n) for n in names)
-        self.act_ids = np.array([names.index(a) for a in self.activations], dtype=np.int64)
-        self.kernels = network_kernels(acts)
+        get = registry.require_checked if training else registry.get
+        self._acts = {n: get(n) for n in dict.fromkeys(self.activations)}
+        self.kernels = network_kernels()
+        self._blocks: list | None = None  # each activation's compiled blocks, at the first call
         self.threads = max(1, min(threads or cores(), numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(self.threads)
         self.woff, self.boff, self.n_params = layout.offsets(self.sizes)
@@ -75,6 +75,24 @@ class Engine:
 
     def flatten(self, layers) -> np.ndarray:
         return layout.flatten(layers, self.dtype)
+
+    # ---- compiled code ---------------------------------------------------------------------
+    def blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(fwd, grd): each layer's forward and grad block addresses (kernels/blocks.py), their
+        C callbacks compiled or loaded from the cache at the first call."""
+        if self._blocks is None:
+            from .factory import activation_blocks
+            modules = {n: activation_blocks(act, self.dtype) for n, act in self._acts.items()}
+            self._blocks = [modules[n] for n in self.activations]
+            self._fwd = np.array([m.forward_block.address for m in self._blocks], np.int64)
+            self._grd = np.array([m.grad_block.address for m in self._blocks], np.int64)
+        return self._fwd, self._grd
+
+    def compiled(self) -> list:
+        """The Numba dispatchers and C callbacks this engine has called (their cache statistics
+        say whether they were compiled or loaded)."""
+        blocks = [f for m in self._blocks or () for f in (m.forward_block, m.grad_block)]
+        return [self.kernels.run_steps, self.kernels.predict, *blocks]
 
     # ---- buffers ---------------------------------------------------------------------------
     def _buffers(self, cap: int):
@@ -119,12 +137,13 @@ class Engine:
         drop = np.zeros(self.L) if dropout is None else np.asarray(dropout, np.float64)
         if drop.shape != (self.L,) or not ((drop >= 0) & (drop < 1)).all():
             raise ValueError(f"dropout needs {self.L} rates in [0, 1), got {drop}")
+        fwd, grd = self.blocks()
         numba.set_num_threads(self.threads)  # per OS thread: another Engine may have changed it
         step_loss = np.zeros(n_steps)
         step_correct = np.zeros(n_steps, np.float64)
         done = self.kernels.run_steps(
             self.threads, X, mean, inv_std, labels, targets, w, perm, pos, n_steps, batch_size,
-            self.sizes, self.woff, self.boff, self.hoff, self.act_ids, drop, seed, step0,
+            self.sizes, self.woff, self.boff, self.hoff, fwd, grd, drop, seed, step0,
             theta, grad, OPTIMIZERS[opt.name], opt_state, opt.hyper(),
             np.ascontiguousarray(lrs, np.float64), float(clip), self.loss_kind,
             self.xb, self.yb, self.tb, self.wb, self.Z, self.A, self.D, self.rowloss, self.correct,
@@ -145,9 +164,10 @@ class Engine:
     def predict(self, X, mean, inv_std, theta, batch_size=1024) -> np.ndarray:
         """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype."""
         self._buffers(batch_size)
+        fwd, _ = self.blocks()
         numba.set_num_threads(self.threads)
         out = np.zeros((len(X), int(self.sizes[-1])), self.dtype)
         self.kernels.predict(self.threads, X, mean, inv_std, batch_size, self.sizes, self.woff,
-                             self.boff, self.hoff, self.act_ids, theta, self.loss_kind,
+                             self.boff, self.hoff, fwd, theta, self.loss_kind,
                              self.xb, self.Z, self.A, out)
         return out

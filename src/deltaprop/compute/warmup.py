@@ -12,9 +12,10 @@ import threading
 import time
 
 
-def compile_kernels(work, *, what: str, note, dispatchers=(), slow_after: float = 1.0) -> float:
+def compile_kernels(work, *, what: str, note, compiled=lambda: (), slow_after: float = 1.0) -> float:
     """Run `work()` (calls that compile the kernels), reporting through `note`; returns seconds.
-    `dispatchers`: the Numba dispatchers it compiles, whose cache statistics say if it compiled."""
+    `compiled()`, asked after the work: the Numba dispatchers and C callbacks it compiled or
+    loaded, whose cache statistics say which."""
     failure: list[BaseException] = []
 
     def target():
@@ -34,7 +35,12 @@ def compile_kernels(work, *, what: str, note, dispatchers=(), slow_after: float 
     if failure:
         raise failure[0]
     seconds = time.perf_counter() - t0
-    compiled = any(sum(d.stats.cache_misses.values()) for d in dispatchers if hasattr(d, "stats"))
-    note(f"compiled kernels for {what} in {seconds:.1f} s" if compiled
+    note(f"compiled kernels for {what} in {seconds:.1f} s" if any(map(_was_compiled, compiled()))
          else f"kernels for {what} loaded from the cache in {seconds:.1f} s")
     return seconds
+
+
+def _was_compiled(f) -> bool:
+    if hasattr(f, "stats"):  # a dispatcher: misses are signatures compiled in this process
+        return sum(f.stats.cache_misses.values()) > 0
+    return getattr(f, "cache_hits", 1) == 0  # a C callback, compiled unless loaded

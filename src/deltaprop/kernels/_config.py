@@ -11,3 +11,5 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 # Kernels with a `prange` over thread chunks.
 PJIT = dict(JIT, parallel=True)
+# C callbacks (the activation blocks, kernels/blocks.py): compiled as they are defined.
+CJIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")

@@ -1,8 +1,10 @@
-"""Forward, backward and whole runs of minibatch steps for a dense MLP (a template).
+"""Forward, backward and whole runs of minibatch steps for a dense MLP.
 
-This file is compiled once per set of activations: `deltaprop.compute.factory` appends generated
-`act_block` / `grad_block` functions (a branch per activation id, hoisted out of the loops), writes
-the result into the kernel cache directory and imports it, so Numba caches it like any file.
+Compiled once per dtype, whatever the activations: each layer's activation is reached through
+the addresses of its forward and grad blocks (`fwd`, `grd`: int64 arrays, one address per layer;
+see kernels/blocks.py), C callbacks compiled separately per activation. `deltaprop.compute.factory`
+writes this file into the kernel cache directory under a name that hashes it and the kernel
+modules it calls, so Numba caches it like any file and an edit is never loaded stale.
 
 Layout (flat, C order):
   theta, grad  [W_0 (n1, n0) | b_0 (n1) | W_1 (n2, n1) | b_1 | ...]   offsets woff[l], boff[l]
@@ -25,6 +27,7 @@ from numba import prange
 
 from deltaprop.kernels._config import JIT, PJIT
 from deltaprop.kernels.blas import gemm
+from deltaprop.kernels.blocks import call_forward_block, call_grad_block
 from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
 from deltaprop.kernels.optim import N_HYPER, apply, chunk, coefficients, update_range
 
@@ -35,12 +38,6 @@ SMALL_BATCH = 128  # below this, per-call BLAS overhead is large: wider tiles, a
 # with 1 thread or 8, so results are bit-identical across thread counts, not only run to run.
 # Measured (1 thread, float32, 784->256 at batch 32): a @ W[64 rows].T 48-56 GFLOP/s,
 # W[128 rows] @ a.T 79; at batch >= 128 the two orders and both widths are within ~10 %.
-
-
-# Generated per network and appended below by deltaprop.compute.factory:
-#   act_block(k, Z, A, off, r0, r1, ncols, c0, c1, theta, boff): Z += b; A = f_k(Z)
-#   grad_block(k, Z, D, off, r0, r1, ncols, c0, c1):              D *= f_k'(Z)
-act_block = grad_block = None
 
 
 @numba.njit(**JIT)
@@ -128,7 +125,7 @@ def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb, w
 
 
 @numba.njit(**PJIT)
-def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, S,
+def forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A, S,
             pending, opt_kind, grad, opt_state, coef, hyper, t):
     """z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden layers when drop[l] > 0).
 
@@ -164,13 +161,13 @@ def forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A,
                     # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
                     gemm(False, True, nb, c1 - c0, nin, 1.0, src, soff, nin,
                          theta, woff[l] + c0 * nin, nin, 0.0, Z, hoff[l] + c0, nout)
-                act_block(act[l], Z, A, hoff[l], 0, nb, nout, c0, c1, theta, boff[l])
+                call_forward_block(fwd[l], Z, A, hoff[l], 0, nb, nout, c0, c1, theta, boff[l])
                 if l < L - 1 and drop[l] > 0.0:
                     _dropout(A, hoff[l], 0, nb, nout, c0, c1, seed, step, l, drop[l])
 
 
 @numba.njit(**JIT)
-def loss_delta(kind, nb, out_act, k, off, Z, A, D, yb, tb, inv, w, rowloss, correct):
+def loss_delta(kind, nb, out_grd, k, off, Z, A, D, yb, tb, inv, w, rowloss, correct):
     """Per-row loss and the output delta dL/dz_out for rows 0..nb (`inv`, `w`: see kernels/loss.py).
     Serial: it is O(nb k) next to the output layer's O(nb k n_in) products, and as a parallel
     region it cost more to start (and ~2 s more to compile) than it saved (batch 512, 10 classes:
@@ -179,11 +176,11 @@ def loss_delta(kind, nb, out_act, k, off, Z, A, D, yb, tb, inv, w, rowloss, corr
         cross_entropy_rows(Z, D, off, k, 0, nb, inv, w, yb, rowloss, correct)
     else:
         mse_rows(A, D, off, k, 0, nb, inv, w, tb, rowloss)
-        grad_block(out_act, Z, D, off, 0, nb, k, 0, k)
+        call_grad_block(out_grd, Z, D, off, 0, nb, k, 0, k)
 
 
 @numba.njit(**PJIT)
-def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D, sq):
+def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, grd, drop, seed, step, Z, A, D, sq):
     """dW_l = delta_l.T @ a_{l-1}, db_l = sum(delta_l), delta_{l-1} = (delta_l @ W_l) * f'(z_{l-1}).
 
     Layer l is split into T tiles (T from the shapes only); tile t computes one share of
@@ -216,14 +213,14 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step
                     # (nb, c1-c0) = delta_l @ W_l[:, c0:c1]
                     gemm(False, False, nb, c1 - c0, nout, 1.0, D, hoff[l], nout,
                          theta, woff[l] + c0, nin, 0.0, D, hoff[l - 1] + c0, nin)
-                    grad_block(act[l - 1], Z, D, hoff[l - 1], 0, nb, nin, c0, c1)
+                    call_grad_block(grd[l - 1], Z, D, hoff[l - 1], 0, nb, nin, c0, c1)
                     if drop[l - 1] > 0.0:
                         _dropout(D, hoff[l - 1], 0, nb, nin, c0, c1, seed, step, l - 1, drop[l - 1])
 
 
 @numba.njit(**JIT)
 def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_steps, cap,
-              sizes, woff, boff, hoff, act, drop, seed, step0,
+              sizes, woff, boff, hoff, fwd, grd, drop, seed, step0,
               theta, grad, opt_kind, opt_state, hyper, lrs, clip, loss_kind,
               xb, yb, tb, wb, Z, A, D, rowloss, correct, sq, step_loss, step_correct):
     """Run n_steps minibatch steps from position pos0 of the epoch's permutation.
@@ -255,10 +252,10 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
             for i in range(nb):
                 wsum += wb[i]
             inv = 1.0 / wsum if wsum > 0.0 else 0.0  # a batch of zero weights: no data gradient
-        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D,
+        forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A, D,
                 pending, opt_kind, grad, opt_state, coef, hyper, step)
         pending = False
-        loss_delta(loss_kind, nb, act[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, inv, wb[:nb] if weighted else
+        loss_delta(loss_kind, nb, grd[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, inv, wb[:nb] if weighted else
                    wb[:0], rowloss, correct)
         total = 0.0
         hits = 0.0
@@ -274,7 +271,7 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
         if not math.isfinite(total):
             return s
         sq[:] = 0.0
-        backward(nb, xb, theta, grad, sizes, woff, boff, hoff, act, drop, seed, step, Z, A, D, sq)
+        backward(nb, xb, theta, grad, sizes, woff, boff, hoff, grd, drop, seed, step, Z, A, D, sq)
         norm = math.sqrt(sq.sum())  # a fixed order: layer by layer, tile by tile
         if not math.isfinite(norm):
             return s
@@ -289,7 +286,7 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
 
 
 @numba.njit(**JIT)
-def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, loss_kind,
+def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, fwd, theta, loss_kind,
             xb, Z, A, out):
     """out = the network's output for every row of X: softmax probabilities (cross-entropy) or
     the output activation (mse). No dropout. `parts` = threads to split work across."""
@@ -309,7 +306,7 @@ def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, act, theta, l
     for p0 in range(0, n, cap):
         nb = min(cap, n - p0)
         gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f, no_w, no_w)
-        forward(nb, xb, theta, sizes, woff, boff, hoff, act, drop, zero, zero, Z, A, scratch,
+        forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, zero, zero, Z, A, scratch,
                 no, zero, theta, no_state, no_coef, np.zeros(N_HYPER), zero)
         for i in range(nb):
             r = hoff[L - 1] + i * k

@@ -115,7 +115,7 @@ class Trainer:
                 self.engine.predict(split.X[:1], m.mean, m.inv_std, self.theta)
 
         compile_kernels(work, what=f"{', '.join(dict.fromkeys(m.activations))}, {m.dtype}", note=self.reporter.note,
-                        dispatchers=(self.engine.kernels.run_steps, self.engine.kernels.predict))
+                        compiled=self.engine.compiled)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _diverged(self, step: int, what: str, lr: float) -> TrainingFailed:
