@@ -92,7 +92,8 @@ class Engine:
         """The Numba dispatchers and C callbacks this engine has called (their cache statistics
         say whether they were compiled or loaded)."""
         blocks = [f for m in self._blocks or () for f in (m.forward_block, m.grad_block)]
-        return [self.kernels.run_steps, self.kernels.predict, *blocks]
+        k = self.kernels
+        return [k.run_steps, k.gather, k.forward, k.outputs, *blocks]
 
     # ---- buffers ---------------------------------------------------------------------------
     def _buffers(self, cap: int):
@@ -162,12 +163,22 @@ class Engine:
         return float(loss[0]), grad
 
     def predict(self, X, mean, inv_std, theta, batch_size=1024) -> np.ndarray:
-        """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype."""
+        """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype: gather
+        and forward (no dropout, no pending update) batch by batch, with run_steps' own argument
+        types, so predicting compiles nothing that training has not."""
         self._buffers(batch_size)
         fwd, _ = self.blocks()
         numba.set_num_threads(self.threads)
-        out = np.zeros((len(X), int(self.sizes[-1])), self.dtype)
-        self.kernels.predict(self.threads, X, mean, inv_std, batch_size, self.sizes, self.woff,
-                             self.boff, self.hoff, fwd, theta, self.loss_kind,
-                             self.xb, self.Z, self.A, out)
+        k, off, K = int(self.sizes[-1]), int(self.hoff[-1]), self.kernels
+        n = len(X)
+        out = np.zeros((n, k), self.dtype)
+        perm, drop = np.arange(n, dtype=np.int64), np.zeros(self.L)
+        no_i, no_f, no_w = np.zeros(0, np.int64), np.zeros((0, 1), self.dtype), np.zeros(0)
+        no_state, coef, hyper = np.zeros((2, 0), self.dtype), np.zeros(10, self.dtype), np.zeros(N_HYPER)
+        for p0 in range(0, n, batch_size):
+            nb = min(batch_size, n - p0)
+            K.gather(self.threads, X, mean, inv_std, perm, p0, nb, self.xb, no_i, no_i, no_f, no_f, no_w, no_w)
+            K.forward(nb, self.xb, theta, self.sizes, self.woff, self.boff, self.hoff, fwd, drop, 0, 0,
+                      self.Z, self.A, self.D, False, 0, theta, no_state, coef, hyper, 0)
+            K.outputs(self.Z, self.A, off, nb, k, self.loss_kind, out, p0)
         return out

@@ -29,9 +29,13 @@ from deltaprop.kernels._config import JIT, PJIT
 from deltaprop.kernels.blas import gemm
 from deltaprop.kernels.blocks import call_forward_block, call_grad_block
 from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
-from deltaprop.kernels.optim import N_HYPER, apply, chunk, coefficients, update_range
+from deltaprop.kernels.optim import apply, chunk, coefficients, update_range
 
 CROSS_ENTROPY, MSE = 0, 1
+# Arguments typed as plain bool/int64, not as literals: a literal True or 16 in a call compiles the
+# callee once per distinct value (gemm three times, chunk six), seconds of a cold compile.
+NO, YES = np.bool_(False), np.bool_(True)
+ONE, LINE = np.int64(1), np.int64(16)  # chunk alignments; 16 float32 = a cache line, no false sharing
 TILE = 64  # GEMM work is split into tiles of 64 output columns (or dW rows), 128 for small batches
 SMALL_BATCH = 128  # below this, per-call BLAS overhead is large: wider tiles, and z^T = W a^T
 # Tiles depend on the shapes only, never on the thread count: each tile is the same BLAS call
@@ -109,7 +113,7 @@ def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb, w
     weights, when `weights` is not empty)."""
     d = X.shape[1]
     for t in prange(parts):
-        lo, hi = chunk(nb, parts, t)
+        lo, hi = chunk(nb, parts, np.int64(t), ONE)
         for i in range(lo, hi):
             r = perm[p0 + i]
             x, out = X[r], xb[i * d:(i + 1) * d]  # slices from 0: the loop vectorises
@@ -141,7 +145,7 @@ def forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A,
         src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
         tiles = n_tiles(nout, nb)
         for tile in prange(tiles):
-            c0, c1 = chunk(nout, tiles, tile, 16)  # 16: a cache line of float32, no false sharing
+            c0, c1 = chunk(nout, tiles, np.int64(tile), LINE)
             if c1 > c0:
                 if pending:
                     update_range(opt_kind, theta, grad, opt_state, woff[l] + c0 * nin,
@@ -151,7 +155,7 @@ def forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A,
                 if nb < SMALL_BATCH:
                     # (c1-c0, nb) = W_l[c0:c1] @ a_{l-1}.T, then transposed into z's columns
                     so = hoff[l] + c0 * nb
-                    gemm(False, True, c1 - c0, nb, nin, 1.0, theta, woff[l] + c0 * nin, nin,
+                    gemm(NO, YES, c1 - c0, nb, nin, 1.0, theta, woff[l] + c0 * nin, nin,
                          src, soff, nin, 0.0, S, so, nb)
                     for r in range(nb):
                         z = Z[hoff[l] + r * nout + c0:hoff[l] + r * nout + c1]
@@ -159,7 +163,7 @@ def forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A,
                             z[j] = S[so + j * nb + r]
                 else:
                     # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
-                    gemm(False, True, nb, c1 - c0, nin, 1.0, src, soff, nin,
+                    gemm(NO, YES, nb, c1 - c0, nin, 1.0, src, soff, nin,
                          theta, woff[l] + c0 * nin, nin, 0.0, Z, hoff[l] + c0, nout)
                 call_forward_block(fwd[l], Z, A, hoff[l], 0, nb, nout, c0, c1, theta, boff[l])
                 if l < L - 1 and drop[l] > 0.0:
@@ -194,10 +198,10 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, grd, drop, seed, step
         src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
         tiles = n_tiles(max(nout, nin) if l > 0 else nout, nb)
         for tile in prange(tiles):
-            r0, r1 = chunk(nout, tiles, tile, 4)
+            r0, r1 = chunk(nout, tiles, np.int64(tile), np.int64(4))
             if r1 > r0:
                 # (r1-r0, nin) = delta_l[:, r0:r1].T @ a_{l-1}
-                gemm(True, False, r1 - r0, nin, nb, 1.0, D, hoff[l] + r0, nout,
+                gemm(YES, NO, r1 - r0, nin, nb, 1.0, D, hoff[l] + r0, nout,
                      src, soff, nin, 0.0, grad, woff[l] + r0 * nin, nin)
                 db = grad[boff[l] + r0:boff[l] + r1]  # column sums of delta, row after row
                 db[:] = 0.0
@@ -208,10 +212,10 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, grd, drop, seed, step
                 sq[l, tile] = _sumsq(grad[woff[l] + r0 * nin:woff[l] + r1 * nin]) + \
                     _sumsq(grad[boff[l] + r0:boff[l] + r1])
             if l > 0:
-                c0, c1 = chunk(nin, tiles, tile, 16)
+                c0, c1 = chunk(nin, tiles, np.int64(tile), LINE)
                 if c1 > c0:
                     # (nb, c1-c0) = delta_l @ W_l[:, c0:c1]
-                    gemm(False, False, nb, c1 - c0, nout, 1.0, D, hoff[l], nout,
+                    gemm(NO, NO, nb, c1 - c0, nout, 1.0, D, hoff[l], nout,
                          theta, woff[l] + c0, nin, 0.0, D, hoff[l - 1] + c0, nin)
                     call_grad_block(grd[l - 1], Z, D, hoff[l - 1], 0, nb, nin, c0, c1)
                     if drop[l - 1] > 0.0:
@@ -286,39 +290,22 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
 
 
 @numba.njit(**JIT)
-def predict(parts, X, mean, inv_std, cap, sizes, woff, boff, hoff, fwd, theta, loss_kind,
-            xb, Z, A, out):
-    """out = the network's output for every row of X: softmax probabilities (cross-entropy) or
-    the output activation (mse). No dropout. `parts` = threads to split work across."""
-    n = X.shape[0]
-    L = sizes.size - 1
-    k = sizes[L]
-    drop = np.zeros(L)
-    perm = np.arange(n)
-    empty_i = np.zeros(0, np.int64)
-    empty_f = np.zeros((0, 1), xb.dtype)
-    no_state = np.zeros((2, 0), theta.dtype)
-    no_coef = np.zeros(10, theta.dtype)
-    no_w = np.zeros(0)
-    scratch = np.empty_like(Z)
-    zero = np.int64(0)  # typed like run_steps' arguments, not as literals: forward compiles once
-    no = zero > 0
-    for p0 in range(0, n, cap):
-        nb = min(cap, n - p0)
-        gather(parts, X, mean, inv_std, perm, p0, nb, xb, empty_i, empty_i, empty_f, empty_f, no_w, no_w)
-        forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, zero, zero, Z, A, scratch,
-                no, zero, theta, no_state, no_coef, np.zeros(N_HYPER), zero)
-        for i in range(nb):
-            r = hoff[L - 1] + i * k
-            if loss_kind == CROSS_ENTROPY:
-                zmax = Z[r]
-                for j in range(1, k):
-                    zmax = max(zmax, Z[r + j])
-                s = 0.0
-                for j in range(k):
-                    s += math.exp(Z[r + j] - zmax)
-                for j in range(k):
-                    out[p0 + i, j] = math.exp(Z[r + j] - zmax) / s
-            else:
-                for j in range(k):
-                    out[p0 + i, j] = A[r + j]
+def outputs(Z, A, off, nb, k, loss_kind, out, p0):
+    """out[p0:p0+nb] = the output layer's rows 0..nb after `forward`: softmax probabilities
+    (cross-entropy) or the output activation (mse). Prediction is a Python loop over batches of
+    gather, forward and this (compute/engine.py `Engine.predict`): a compiled loop would link
+    forward's code into one more function, seconds more of a cold compile for nothing."""
+    for i in range(nb):
+        r = off + i * k
+        if loss_kind == CROSS_ENTROPY:
+            zmax = Z[r]
+            for j in range(1, k):
+                zmax = max(zmax, Z[r + j])
+            s = 0.0
+            for j in range(k):
+                s += math.exp(Z[r + j] - zmax)
+            for j in range(k):
+                out[p0 + i, j] = math.exp(Z[r + j] - zmax) / s
+        else:
+            for j in range(k):
+                out[p0 + i, j] = A[r + j]

@@ -111,6 +111,6 @@ def update_range(kind, theta, grad, state, lo, hi, c, hyper, t):
 def apply(parts, kind, theta, grad, state, c, hyper, t):
     """`update_range` over the whole flat vector, split across `parts` threads."""
     for p in prange(parts):
-        lo, hi = chunk(theta.size, parts, p, 64)
+        lo, hi = chunk(theta.size, parts, np.int64(p), np.int64(64))
         update_range(kind, theta, grad, state, lo, hi, c, hyper, t)
 
