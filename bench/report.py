@@ -36,9 +36,24 @@ def machine_info(threads: int) -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "cores_available": default_threads(), "threads": threads,
-            "python": platform.python_version(),
+            "python": platform.python_version(), "openblas": openblas_info(),
             "versions": {d: version(d) for d in ("deltaprop", "numpy", "numba", "torch", "jax", "jaxlib",
                                                  "scikit-learn")}}
+
+
+def openblas_info() -> dict:
+    """The kernel set of NumPy's OpenBLAS (the library deltaprop's GEMMs call, and the NumPy and
+    GEMM-peak workers'), and OPENBLAS_CORETYPE if the environment forces one."""
+    info = {"core": None, "version": None, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+    try:
+        import numpy  # noqa: F401  (loads the library)
+        from threadpoolctl import threadpool_info
+        for p in threadpool_info():
+            if p.get("internal_api") == "openblas" and "numpy" in p.get("filepath", ""):
+                info.update(core=p.get("architecture"), version=p.get("version"))
+    except Exception:
+        pass
+    return info
 
 
 def _sps(times, status, systems, key, samples):

@@ -101,6 +101,11 @@ def print_table(report: dict, console) -> None:
     console.print(f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_available']} available), "
                   f"{m['threads']} threads per system; python {m['python']}, numpy {v['numpy']}, numba {v['numba']}, "
                   f"torch {v['torch'] or '—'}, jax {v['jax'] or '—'}, scikit-learn {v['scikit-learn'] or '—'}")
+    ob = m.get("openblas") or {}
+    forced = ob.get("OPENBLAS_CORETYPE")
+    console.print(f"OpenBLAS {ob.get('version') or '?'} kernels: {ob.get('core') or '?'}"
+                  + (f" (forced by OPENBLAS_CORETYPE={forced}: the GEMM peak and deltaprop's products run at "
+                     "that kernel set's speed; make bench unsets it)" if forced else ""))
     if "threads_scaling" in report:
         print_threads(report["threads_scaling"], console)
     if "scaling" in report:

@@ -5,6 +5,10 @@ The matrix products of forward and backward go to the OpenBLAS that NumPy ships
 by name (`llvmlite.binding.load_library_permanently`), so compiled callers reference the symbol,
 not an address, and Numba's on-disk cache stays valid across processes.
 
+Kernels: OpenBLAS picks its kernel set for the CPU when it loads, unless `OPENBLAS_CORETYPE`
+says otherwise (some machines set it to an older set, e.g. Haswell's AVX2 kernels on an AVX-512
+CPU, where they run at about half the speed); `blas_info()` says which set is in use.
+
 Threading model: OpenBLAS runs single-threaded (`set_blas_threads(1)` at import); parallelism comes
 from Numba `prange` regions in which each thread multiplies its own slice of the output. No BLAS
 thread ever spins while a Numba thread works, so 2 cores are never oversubscribed.
@@ -45,6 +49,14 @@ llvm.load_library_permanently(_LIB_PATH)
 _lib = ctypes.CDLL(_LIB_PATH)
 _lib.scipy_openblas_set_num_threads64_.argtypes = [ctypes.c_int]
 _lib.scipy_openblas_get_num_threads64_.restype = ctypes.c_int
+
+
+def blas_info() -> dict:
+    """The BLAS the kernels call: its library and the kernel set OpenBLAS chose ("Haswell",
+    "SkylakeX", ...)."""
+    core = _lib.scipy_openblas_get_corename64_
+    core.restype = ctypes.c_char_p
+    return {"library": _LIB_PATH, "core": core().decode()}
 
 
 def set_blas_threads(n: int) -> None:
