@@ -1,8 +1,9 @@
-"""Shared test setup: the NumPy oracle importable as `reference`, a temporary DELTAPROP_HOME, one
-plugin registry per session and cached `Engine`s (each new activation set costs a ~10 s compile
-the first time; later runs load it from the cache)."""
+"""Shared test setup: the NumPy oracle importable as `reference`, a temporary DELTAPROP_HOME, a
+private temp dir for every test, one plugin registry per session and cached `Engine`s (each new
+activation set costs a ~10 s compile the first time; later runs load it from the cache)."""
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,27 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")
 sys.path.insert(0, str(TESTS))
 
 import reference as ref  # noqa: E402
+
+# The machine's temp dir, before any test replaces it (private_tmpdir)
+MACHINE_TMP = tempfile.gettempdir()
+
+
+@pytest.fixture(autouse=True)
+def private_tmpdir(monkeypatch, tmp_path_factory):
+    """Every test gets a temp dir of its own (TMPDIR for its subprocesses, tempfile's for itself):
+    state kept in the machine's temp dir, such as the registry of the machine's workers
+    (/tmp/deltaprop-workers-UID), is not shared with other tests or other users of this machine.
+    An in-process `cli("worker")` registers pytest's own pid there and keeps the lock for the
+    session: later worker processes would see a phantom "other worker". Short (directly in the
+    machine's temp dir, not under tmp_path): Ray, which follows TMPDIR, needs socket paths under
+    108 bytes. Higher-scoped fixtures (the module's Ray head) are set up before this one and keep
+    the machine's temp dir."""
+    tmp_path_factory.getbasetemp()  # pytest's own base (tmp_path), found in the temp dir on first use: not this one
+    path = tempfile.mkdtemp(prefix="dp-tmp-", dir=MACHINE_TMP)
+    monkeypatch.setenv("TMPDIR", path)
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fixtures.fakedist import make_fake_dist
-from test_resume import _kill_and_resume_until_done, _newest_step, _reference_run
+from test_resume import (
+    _kill_and_resume_until_done,
+    _reference_run,
+    _signal_mid_training,
+)
 
 import deltaprop
 from deltaprop.api import read_config
@@ -278,9 +281,7 @@ def test_an_interrupted_run_is_killed_in_mlflow_until_resumed_and_a_failed_one_f
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while _newest_step(run_dir) < 0 and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    _signal_mid_training(proc, run_dir, signal.SIGINT, steps=2 * 169)  # not during the loggers' shutdown
     out, err = proc.communicate(timeout=600)
     assert proc.returncode in (1, 130), (out, err)
     assert _mlflow(uri, run_dir)[1].info.status == "KILLED"

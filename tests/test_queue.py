@@ -795,19 +795,36 @@ def test_sweep_wait_without_a_worker_says_how_to_start_one(tmp_path, monkeypatch
     write_classification(tmp_path / "d.npz")
     config = write_config(tmp_path / "c.toml", tmp_path / "d.npz")
     monkeypatch.setattr(cli_jobs, "NO_WORKER_HINT_S", 0.2)
-    done = threading.Event()
+    hinted, finished = threading.Event(), []
 
-    def finish_later():  # a stand-in worker that shows up after the hint
-        time.sleep(2.0)
+    class Console:  # the sweep's console, which tells the stand-in worker when the hint is out
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def print(self, *args, **kwargs):
+            self.real.print(*args, **kwargs)
+            if any("waiting for a worker" in str(a) for a in args):
+                hinted.set()
+
+    monkeypatch.setattr(cli_jobs, "console", Console(cli_jobs.console))
+
+    def finish_later():  # a stand-in worker that shows up once the hint is out (not after a fixed sleep)
+        hinted.wait(timeout=120)  # no hint by then: finish the jobs anyway, so that the sweep returns
         q = Queue(tmp_path / "home")
         while (job := q.claim("w", 60.0)) is not None:
             q.finish(job, "succeeded")
+            finished.append(job.id)
         q.close()
-        done.set()
 
-    threading.Thread(target=finish_later, daemon=True).start()
+    stand_in = threading.Thread(target=finish_later, daemon=True)
+    stand_in.start()
     result = cli("sweep", config, "--grid", "optimizer.lr=0.1,0.01", "--wait")
+    stand_in.join(timeout=120)
+    assert not stand_in.is_alive()
     assert_exit(result, 0)
-    assert done.is_set()
+    assert hinted.is_set() and finished == [1, 2], (finished, result.output)
     assert "waiting for a worker: none has claimed these jobs" in result.output
     assert "deltaprop worker --until-empty" in result.output and "leaderboard" in result.output

@@ -42,6 +42,9 @@ lr = 0.002
 every_epochs = 1
 every_steps = 20
 """
+# The jobs that are paused, killed, cancelled or drained train this many epochs of the 2000 rows:
+# about a second on a quick machine, a long time next to the poll that pauses them
+EPOCHS = 400
 
 
 def _free_port() -> int:
@@ -147,25 +150,30 @@ def _job_process(run_dir: str) -> int | None:
 
 @pytest.mark.fault
 def test_killed_ray_worker_is_retried_and_resumes(tmp_path, env, ray_head):
-    job_id = int(_cli(["submit", str(tmp_path / "c.toml")], env).stdout.strip())
+    """The job is paused (SIGSTOP) the moment its first checkpoint appears, then its Ray worker is
+    SIGKILLed: the job process dies with it (PR_SET_PDEATHSIG is SIGKILL, which a stopped process
+    gets too), certainly mid-run. (Polling, then killing the 3-epoch job, once found it ended.)"""
+    job_id = int(_cli(["submit", str(tmp_path / "c.toml"), "--set", f"training.epochs={EPOCHS}"], env).stdout)
     run_dir = json.loads(_cli(["jobs", "list", "--json"], env).stdout)[0]["run_dir"]
-    worker = subprocess.Popen([str(BIN / "deltaprop"), "worker", "--executor", "ray", "--address", ray_head,
-                               "--until-empty"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    deadline = time.monotonic() + 300
-    while not list_checkpoints(Path(run_dir) / "checkpoints") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = _job_process(run_dir)
-    assert child is not None
-    ray_worker = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
-    os.kill(ray_worker, signal.SIGKILL)
-    out, _ = worker.communicate(timeout=600)
-    assert worker.returncode == 0, out
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as out:
+        worker = subprocess.Popen([str(BIN / "deltaprop"), "worker", "--executor", "ray", "--address", ray_head,
+                                   "--until-empty"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        [child] = _paused_jobs([run_dir], worker)
+        ray_worker = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        os.kill(ray_worker, signal.SIGKILL)
+        assert worker.wait(timeout=900) == 0, log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    out = log_path.read_text()
     job = json.loads(_cli(["jobs", "show", str(job_id)], env).stdout.split("\nlast epoch")[0])
     assert job["status"] == "succeeded" and job["attempts"] == 2, (job, out)
     log = (Path(run_dir) / "log.txt").read_text()
     assert "resuming from step-" in log
-    assert _weights(Path(run_dir) / "model.safetensors") == _direct(tmp_path, env, [])
+    assert _weights(Path(run_dir) / "model.safetensors") == _direct(tmp_path, env, [f"training.epochs={EPOCHS}"])
     _assert_num_cpus(run_dir, 2)  # concurrency 1 on the 2-CPU cluster: both CPUs, both attempts
 
 
@@ -189,16 +197,35 @@ def _wait_for(predicate, what: str, timeout: float = 900, worker=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _paused_job(run_dir: str, worker) -> int:
-    """Wait for the job's first checkpoint, then SIGSTOP its process: it cannot reach its end
-    before the cancel or drain gets to it, however slow the machine."""
-    _wait_for(lambda: list_checkpoints(Path(run_dir) / "checkpoints"), f"a checkpoint in {run_dir}", worker=worker)
-    pid = _wait_for(lambda: _job_process(run_dir), f"the job process of {run_dir}", worker=worker)
-    os.kill(pid, signal.SIGSTOP)
-    return pid
-
-
-EPOCHS = 400
+def _paused_jobs(run_dirs, worker, timeout: float = 900) -> list[int]:
+    """SIGSTOP each job's process the moment its own first checkpoint appears; returns their pids.
+    A paused job cannot reach its end before a kill, cancel or drain gets to it, however fast or
+    slow the machine. One poll loop for all the jobs (pausing them one after the other let the
+    second train on meanwhile), and each process is found while it starts up, so that the pause
+    follows the checkpoint by a poll and a signal; a job that ended before it fails here."""
+    pids: dict[str, int] = {}
+    paused: dict[str, int] = {}
+    deadline, scanned = time.monotonic() + timeout, 0.0
+    while len(paused) < len(run_dirs):
+        if worker.poll() is not None:
+            raise AssertionError(f"the worker exited ({worker.returncode}) before its jobs were paused")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for checkpoints in {run_dirs}")
+        if time.monotonic() - scanned > 0.1:  # a /proc scan now and then, a checkpoint look every poll
+            scanned = time.monotonic()
+            for d in run_dirs:
+                if d not in pids and (pid := _job_process(d)):
+                    pids[d] = pid
+        for d in run_dirs:
+            if d not in paused and list_checkpoints(Path(d) / "checkpoints"):
+                pid = pids.get(d) or _job_process(d)
+                if pid:
+                    os.kill(pid, signal.SIGSTOP)
+                    paused[d] = pid
+        time.sleep(0.002)
+    for d in run_dirs:
+        assert not (Path(d) / "model.safetensors").exists(), f"{d}: the job reached its end before it was paused"
+    return [paused[d] for d in run_dirs]
 
 
 @pytest.mark.fault
@@ -207,8 +234,8 @@ def test_cancel_and_drain_reach_ray_tasks(tmp_path, env, ray_head):
     process gets SIGTERM, checkpoints and the job is cancelled. SIGTERM to the worker drains: the
     other task's job checkpoints and goes back to the queue without spending an attempt, and a
     new worker resumes it to the weights of a direct train."""
-    # 400 epochs of 2000 rows: about a second of training, so that the second job is still
-    # training when the first has been paused (8 epochs, ~20 ms, once finished before it was paused)
+    # 400 epochs of 2000 rows: about a second of training (8 epochs, ~20 ms, once finished before it
+    # was paused); both are paused in one poll loop, each as soon as its own checkpoint appears
     ids = [int(_cli(["submit", str(tmp_path / "c.toml"), "--set", f"training.epochs={EPOCHS}"], env).stdout)
            for _ in "ab"]
     jobs = {j["id"]: j for j in json.loads(_cli(["jobs", "list", "--json"], env).stdout)}
@@ -219,7 +246,7 @@ def test_cancel_and_drain_reach_ray_tasks(tmp_path, env, ray_head):
                                    "--concurrency", "2", "--lease-seconds", "5"], env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
     try:
-        cancel_pid, drain_pid = _paused_job(cancel_dir, worker), _paused_job(drain_dir, worker)
+        cancel_pid, drain_pid = _paused_jobs([cancel_dir, drain_dir], worker)
         r = _cli(["jobs", "cancel", str(ids[0])], env)
         assert r.returncode == 0 and "cancel requested" in r.stdout, r.stderr
         _wait_for(lambda: _sigterm_pending(cancel_pid), "the cancel to reach the job process", worker=worker)
@@ -278,7 +305,7 @@ def test_a_token_left_by_a_local_ray_run_does_not_lock_out_later_clusters(tmp_pa
     home = tmp_path / "user-home"  # this test's own ~, so the real one is never touched
     env = _base_env() | {"HOME": str(home), "DELTAPROP_HOME": str(tmp_path / "queue")}
     assert _cli(["submit", str(tmp_path / "c.toml"), "--set", "training.epochs=1"], env).returncode == 0
-    short = Path(tempfile.mkdtemp(prefix="dp-ray-"))  # Ray's socket paths must stay under 108 bytes
+    short = Path(tempfile.mkdtemp(prefix="r"))  # Ray's socket paths must stay under 108 bytes
     local = _cli(["worker", "--executor", "ray", "--until-empty"], dict(env, RAY_TMPDIR=str(short / "r0")),
                  timeout=600)
     assert local.returncode == 0, local.stdout + local.stderr

@@ -5,6 +5,7 @@ then resumed, as many times as it takes, must end with byte-identical weights.
 """
 
 import json
+import os
 import random
 import re
 import shutil
@@ -76,18 +77,23 @@ def _newest_step(run_dir: Path) -> int:
 
 
 def _reference_run(cfg: Path, run_dir: Path) -> float:
-    """Train cfg uninterrupted into run_dir with the CLI; returns the seconds the process ran
-    after its first checkpoint appeared: the window in which a kill lands on this machine."""
+    """Train cfg uninterrupted into run_dir with the CLI; returns the seconds it trained after its
+    first checkpoint appeared, until its model.safetensors did: the window in which a kill lands
+    mid-training on this machine. (Not until the process exited: with loggers most of that is their
+    shutdown after training, ~1.5 s for MLflow, and most kills landed after training had ended. A
+    kill there still lands, so the first kill, within half the window, always does.)"""
     proc = subprocess.Popen([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = None
+    first = trained = None
     while proc.poll() is None:
         if first is None and _newest_step(run_dir) >= 0:
             first = time.monotonic()
+        if trained is None and (run_dir / "model.safetensors").exists():
+            trained = time.monotonic()
         time.sleep(0.001)
     assert proc.returncode == 0, proc.stderr.read()
     assert first is not None, "the reference run wrote no checkpoint before it ended"
-    return time.monotonic() - first
+    return (trained or time.monotonic()) - first
 
 
 def _kill_after_progress(cmd, run_dir: Path, rng: random.Random, within: float = 0.0,
@@ -110,6 +116,27 @@ def _kill_after_progress(cmd, run_dir: Path, rng: random.Random, within: float =
     proc.wait(timeout=timeout)
     assert proc.returncode == 0, proc.stderr.read()
     return proc.returncode
+
+
+def _signal_mid_training(proc: subprocess.Popen, run_dir: Path, sig: int, steps: int) -> int:
+    """Send `sig` to the training process `proc` certainly mid-training: SIGSTOP it as soon as its
+    first checkpoint appears, check that this checkpoint is in the first half of its `steps` (the
+    run trains at most to its next checkpoint before it sees the signal), signal it and let it go
+    on. Returns the step of the newest checkpoint when it was stopped. (Signalled after its first
+    checkpoint without the pause, a quick run could have ended training: with loggers, the signal
+    then came during their ~1.5 s shutdown, and the run was recorded as finished.)"""
+    while _newest_step(run_dir) < 0 and proc.poll() is None:
+        time.sleep(0.001)
+    assert proc.poll() is None, "the run ended before its first checkpoint was seen"
+    os.kill(proc.pid, signal.SIGSTOP)
+    step = _newest_step(run_dir)
+    if not step < steps // 2 or (run_dir / "model.safetensors").exists():
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"first checkpoint seen at step {step} of {steps}: not mid-training")
+    proc.send_signal(sig)  # pending until the process goes on
+    os.kill(proc.pid, signal.SIGCONT)
+    return step
 
 
 def _kill_and_resume_until_done(cfg: Path, run_dir: Path, window: float, seed: int) -> int:
@@ -192,10 +219,7 @@ def test_signal_writes_checkpoint_then_resume_matches(tmp_path, data, sig):
     run_dir = tmp_path / "signalled"
     proc = subprocess.Popen([DELTAPROP, "train", str(cfg), "--run-dir", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while _newest_step(run_dir) < 0 and proc.poll() is None:
-        time.sleep(0.01)
-    before = _newest_step(run_dir)
-    proc.send_signal(sig)
+    before = _signal_mid_training(proc, run_dir, sig, steps=4 * 169)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, (out, err)
     assert "checkpoint written" in err and "Traceback" not in err

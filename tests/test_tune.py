@@ -13,6 +13,7 @@ workers, kills.
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,12 @@ def _weights(path) -> bytes:
     return Path(path).read_bytes()
 
 
+def _events(log: Path) -> int:
+    """How many trial events ("trial N: asked", "...: job J queued", "...: complete", ...) the
+    controllers writing to `log` have logged."""
+    return len(re.findall(r"^trial \d+", log.read_text(errors="replace"), re.M))
+
+
 # ---- bad input ---------------------------------------------------------------------------------------
 BAD_SPACES = [
     ('["optimizer.lrr"]\nlow = 0.001\nhigh = 0.1\n', "unknown key optimizer.lrr (did you mean 'lr'?)"),
@@ -277,9 +284,17 @@ def test_a_controller_killed_at_random_moments_loses_and_repeats_no_trial(setup,
     ctl = Proc(home, log, "tune", config, "--space", space_path, "--trials", "7", "--parallel", "3",
                "--sampler", "random", "--pruner", "median", "--wait")
     sid = _study_id(log)
-    kills = 0
+    kills, start = 0, 0
     for _ in range(4):  # kill the controller at random moments, restart it each time
-        time.sleep(rng.uniform(0.5, 4.0))
+        # Each after 1-3 trial events of this controller and a short random delay (a kill may land
+        # between a trial's ask and its job's submission), not after a fixed sleep (a fast machine
+        # ended the study first). The first two land, however fast the machine: by then at most 6
+        # of the 7 trials have been asked, so the study goes on for at least a trial's training.
+        target, deadline = start + rng.randint(1, 3), time.monotonic() + 600
+        while ctl.proc.poll() is None and _events(log) < target:
+            assert time.monotonic() < deadline, f"no trial event in 600 s:\n{ctl.output()[-3000:]}"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.25))
         if ctl.proc.poll() is not None:
             break
         ctl.kill()
@@ -287,6 +302,7 @@ def test_a_controller_killed_at_random_moments_loses_and_repeats_no_trial(setup,
         if kills == 2:  # and a worker, with its jobs, once
             worker.kill()
             worker = Proc(home, tmp_path / "worker2.log", "worker", "--concurrency", "2", "--lease-seconds", "3")
+        start = _events(log)  # the killed controller's events are all in the log
         ctl = Proc(home, log, "tune", "resume", sid)
     assert ctl.wait() == 0, ctl.output()[-3000:]
     assert kills >= 2, "the study ended before the controller could be killed twice"

@@ -5,9 +5,10 @@ dropout, gradient clipping, a cosine schedule, a checkpoint every 20 steps), so 
 seconds. Its final weights are compared, byte for byte, with the same config trained directly by
 `deltaprop train`:
 
-- SHORT jobs (2 epochs, hidden [160, 64]: layers of several GEMM tiles) against a direct train with
-  the machine's default thread count, while the worker (concurrency 2) gives each job half the
-  cores: the kernels are meant to be thread-count independent.
+- SHORT jobs (2 epochs, hidden [160, 64]: layers of several GEMM tiles) against a direct train on
+  all the machine's cores (`--threads CORES`: with the default, automatic thread count a busy
+  machine can tune a run down to 1 thread), while the worker (concurrency 2) gives each job half
+  the cores: the kernels are meant to be thread-count independent.
 - LONG jobs (16 epochs, hidden [64], long enough to be caught mid-training) are killed, cancelled
   and drained; they are compared with a direct train at the worker's per-job thread count, so
   these tests check resume exactness only.
@@ -185,13 +186,37 @@ def _sigterm_pending(pid: int) -> bool:
     return False
 
 
-def _pause_job(worker: Worker, run_dir) -> int:
-    """Wait for the job's first checkpoint, then SIGSTOP its process: a paused job cannot reach its
-    end before a cancel or drain request gets to it, however slow the machine is."""
-    _wait_for(lambda: _checkpoints(run_dir), 120, f"a checkpoint in {run_dir}", poll=0.01, proc=worker)
-    pid = _wait_for(lambda: _job_pid(worker, run_dir), 30, f"the job process of {run_dir}", proc=worker)
-    os.kill(pid, signal.SIGSTOP)
-    return pid
+def _pause_jobs(worker: Worker, run_dirs, timeout: float = 600) -> list[int]:
+    """SIGSTOP each job's process the moment its own first checkpoint appears; returns their pids.
+    A paused job cannot reach its end before a cancel or drain request gets to it, however fast or
+    slow the machine. One poll loop for all the jobs (pausing them one after the other let the
+    second train on meanwhile), and each process is found while it starts up, so that the pause
+    follows the checkpoint by a poll and a signal; a job that ended before it fails here, not later."""
+    run_dirs = [str(d) for d in run_dirs]
+    pids: dict[str, int] = {}
+    paused: dict[str, int] = {}
+    deadline, scanned = time.monotonic() + timeout, 0.0
+    while len(paused) < len(run_dirs):
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited ({worker.proc.returncode}) before its jobs were paused:\n"
+                                 f"{worker.output()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for checkpoints in {run_dirs}")
+        if time.monotonic() - scanned > 0.1:  # a /proc scan now and then, a checkpoint look every poll
+            scanned = time.monotonic()
+            for d in run_dirs:
+                if d not in pids and (pid := _job_pid(worker, d)):
+                    pids[d] = pid
+        for d in run_dirs:
+            if d not in paused and _checkpoints(d):
+                pid = pids.get(d) or _job_pid(worker, d)
+                if pid:
+                    os.kill(pid, signal.SIGSTOP)
+                    paused[d] = pid
+        time.sleep(0.002)
+    for d in run_dirs:
+        assert not Path(d, "model.safetensors").exists(), f"{d}: the job reached its end before it was paused"
+    return [paused[d] for d in run_dirs]
 
 
 def _submit(home: Path, config: Path, name: str) -> int:
@@ -228,36 +253,51 @@ def configs(data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def refs(configs, tmp_path_factory):
     """refs(seed, epochs, threads=None) -> run dir of `deltaprop train` of that config (trained once
-    per module; threads None: the machine's default). `refs.prepare(keys)` trains several at once."""
+    per module; threads None: the machine's default). `refs.prepare(keys)` trains several at once,
+    at most CORES threads busy at a time (so LONG ones at JOB_THREADS train two at a time, as a
+    `worker --concurrency 2` runs its jobs). `refs.window(key)`: the seconds that reference trained
+    after its first checkpoint (until its model.safetensors appeared), measured on this machine."""
     root = tmp_path_factory.mktemp("refs")
     done: dict = {}
+    windows: dict = {}
 
     def _dir(seed, epochs, threads):
         return root / f"s{seed}-e{epochs}-t{threads or 'default'}"
 
     def prepare(keys):
-        keys = [k for k in keys if k not in done]
-        running = []
-        for key in keys + [None]:
-            # at most CORES threads busy at a time
-            while running and (key is None or sum(k[2] or CORES for k, _ in running) + (key[2] or CORES) > CORES):
-                k, proc = running.pop(0)
-                out, err = proc.communicate(timeout=900)
-                assert proc.returncode == 0, f"direct train {k} failed:\n{out}\n{err}"
-                done[k] = _dir(*k)
-            if key is not None:
+        pending = [k for k in dict.fromkeys(keys) if k not in done]
+        running: dict = {}  # key -> [process, log path, first checkpoint seen at, model seen at]
+        while pending or running:
+            while pending and (not running or sum(k[2] or CORES for k in running) + (pending[0][2] or CORES) <= CORES):
+                key = pending.pop(0)
                 seed, epochs, threads = key
-                proc = subprocess.Popen([DELTAPROP, "train", str(configs(seed, epochs)), "--run-dir",
-                                         str(_dir(*key)), *(["--threads", str(threads)] if threads else [])],
-                                        env=_env(root / "home", threads), text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                running.append((key, proc))
+                log = root / f"{_dir(*key).name}.log"
+                with open(log, "wb") as out:  # a file: a pipe nobody reads while polling could fill up
+                    proc = subprocess.Popen([DELTAPROP, "train", str(configs(seed, epochs)), "--run-dir",
+                                             str(_dir(*key)), *(["--threads", str(threads)] if threads else [])],
+                                            env=_env(root / "home", threads), stdout=out, stderr=subprocess.STDOUT)
+                running[key] = [proc, log, None, None]
+            for key, r in list(running.items()):
+                proc, log, first, model = r
+                code = proc.poll()
+                now = time.monotonic()
+                if first is None and _checkpoints(_dir(*key)):
+                    r[2] = first = now
+                if model is None and (_dir(*key) / "model.safetensors").exists():
+                    r[3] = model = now
+                if code is not None:
+                    assert code == 0, f"direct train {key} failed:\n{log.read_text(errors='replace')}"
+                    assert first is not None and model is not None, f"direct train {key}: no checkpoint or model"
+                    done[key], windows[key] = _dir(*key), model - first
+                    del running[key]
+            time.sleep(0.002)
 
     def get(seed, epochs, threads=None):
         prepare([(seed, epochs, threads)])
         return done[(seed, epochs, threads)]
 
     get.prepare = prepare
+    get.window = lambda key: windows[key]
     return get
 
 
@@ -272,7 +312,7 @@ def test_worker_runs_every_job_like_a_direct_train(tmp_path, configs, refs):
     assert ids == [1, 2, 3]
     worker = Worker(home, tmp_path / "worker.log", "--concurrency", "2", "--until-empty")
     assert worker.wait() == 0, worker.output()
-    refs.prepare([(s, SHORT, None) for s in seeds])  # after: 2-thread runs are slow on a busy machine
+    refs.prepare([(s, SHORT, CORES) for s in seeds])  # after: 2-thread runs are slow on a busy machine
     out = worker.output()
     assert f"concurrency 2, {JOB_THREADS} thread(s) per job" in out and "Traceback" not in out
     q = Queue(home, create=False)
@@ -280,7 +320,7 @@ def test_worker_runs_every_job_like_a_direct_train(tmp_path, configs, refs):
         job = q.get(job_id)
         assert (job.status, job.attempts, job.error) == ("succeeded", 1, None), job
         assert len(re.findall(rf"^job {job_id}: succeeded", out, re.M)) == 1
-        reference = refs(seed, SHORT)
+        reference = refs(seed, SHORT, CORES)
         job_threads = read_safetensors(_checkpoints(job.run_dir)[-1])[1]["threads"]
         ref_threads = read_safetensors(_checkpoints(reference)[-1])[1]["threads"]
         assert (job_threads, ref_threads) == (JOB_THREADS, CORES)
@@ -295,7 +335,13 @@ def test_worker_runs_every_job_like_a_direct_train(tmp_path, configs, refs):
 def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, configs, refs):
     """Four jobs; `worker --concurrency 2 --lease-seconds 3` SIGKILLed at random moments, four times,
     each time a new worker after it; then one with --until-empty. Every job succeeds exactly once,
-    with the weights of an uninterrupted direct train."""
+    with the weights of an uninterrupted direct train.
+
+    Each kill comes after a new checkpoint, with a random delay within an eighth of the time a job
+    trains after its first checkpoint on this machine (its direct train, two at a time as the
+    worker runs them): a worker's life adds at most that to a job, so however fast the machine,
+    four lives cannot finish one, and every kill lands mid-run. (A fixed 0-1 s delay let a fast
+    machine finish the ~1 s jobs after fewer than three kills.)"""
     home = tmp_path / "home"
     seeds = (1, 2, 3, 4)
     q = Queue(home)
@@ -304,6 +350,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, configs, refs):
     jobs = [q.submit(f"fault-{s}", read_config(configs(s, LONG)).to_toml(), max_attempts=20) for s in seeds]
     run_dirs = [j.run_dir for j in jobs]
     refs.prepare([(s, LONG, JOB_THREADS) for s in seeds])
+    window = min(refs.window((s, LONG, JOB_THREADS)) for s in seeds)
 
     def snapshot() -> set:
         return {p for d in run_dirs for p in _checkpoints(d)}
@@ -318,15 +365,15 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path, configs, refs):
         w = Worker(home, tmp_path / f"worker{len(workers)}.log", "--concurrency", "2", "--lease-seconds", "3")
         workers.append(w)
         # wait for this worker's progress: a checkpoint written during its life (the first time: any)
-        _wait_for(lambda: (snapshot() - seen) or all_done(), 600, "a new checkpoint", proc=w)
-        time.sleep(rng.uniform(0.0, 1.0))
+        _wait_for(lambda: (snapshot() - seen) or all_done(), 600, "a new checkpoint", poll=0.002, proc=w)
+        time.sleep(rng.uniform(0.0, window / 8))
         if w.proc.poll() is not None:
             raise AssertionError(f"worker died on its own:\n{w.output()}")
         w.kill()
         kills += 1
         # the worker's job processes die with it (PR_SET_PDEATHSIG) and release their run dirs
         _wait_for(lambda: _unlocked(run_dirs), 300, "the killed worker's job processes to exit")
-    assert kills >= 3, f"only {kills} kills before all jobs were done: make the jobs longer"
+    assert kills >= 3, f"only {kills} kills before all jobs were done (window {window:.3f} s)"
 
     final = Worker(home, tmp_path / f"worker{len(workers)}.log", "--concurrency", "2", "--lease-seconds", "3",
                    "--until-empty")
@@ -394,7 +441,7 @@ def test_crashing_jobs_fail_after_max_attempts_and_the_worker_lives_on(tmp_path,
     assert Path(job.run_dir, "log.txt").read_text().count("--- attempt ") == 3
     job = q.get(good)
     assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
-    _assert_same_run(job.run_dir, refs(11, SHORT), SHORT)
+    _assert_same_run(job.run_dir, refs(11, SHORT, CORES), SHORT)
     result = _run("jobs", "show", bad_config, env=_env(home), timeout=600)
     assert result.returncode == 0 and '"status": "failed"' in result.stdout and "not valid TOML" in result.stdout
     q.close()
@@ -484,7 +531,7 @@ def test_cancel_a_running_job_then_retry_is_bit_exact(tmp_path, configs, refs, m
     q = Queue(home, create=False)
     run_dir = q.get(job_id).run_dir
     worker = Worker(home, tmp_path / "worker1.log", "--concurrency", "2", "--lease-seconds", "3", "--until-empty")
-    pid = _pause_job(worker, run_dir)
+    [pid] = _pause_jobs(worker, [run_dir])
     result = cli("jobs", "cancel", job_id)
     assert_exit(result, 0)
     assert f"job {job_id}: cancel requested" in result.output
@@ -523,7 +570,7 @@ def test_sigterm_drains_running_jobs_back_to_the_queue(tmp_path, configs, refs):
     q = Queue(home, create=False)
     run_dirs = [q.get(i).run_dir for i in ids]
     worker = Worker(home, tmp_path / "worker1.log", "--concurrency", "2")  # the default 30 s lease
-    pids = [_pause_job(worker, d) for d in run_dirs]
+    pids = _pause_jobs(worker, run_dirs)
     worker.proc.send_signal(signal.SIGTERM)
     _wait_for(lambda: all(_sigterm_pending(p) for p in pids), 600, "the worker to pass SIGTERM on", proc=worker)
     for pid in pids:
@@ -554,21 +601,30 @@ def test_sigterm_drains_running_jobs_back_to_the_queue(tmp_path, configs, refs):
 
 @pytest.mark.fault
 def test_a_stalled_worker_does_not_fail_its_job(tmp_path, configs, refs):
-    """SIGSTOP a worker for longer than its lease while its 200-epoch job keeps training: the next
+    """SIGSTOP a worker for longer than its lease while its 200-epoch job lives on: the next
     worker's attempt waits for the run directory instead of failing ("is in use", which spent
     every attempt and ended the job failed, once with a complete model); the job succeeds with the
-    weights of a direct train, and the stalled worker, woken, finds its lease gone."""
+    weights of a direct train, and the stalled worker, woken, finds its lease gone.
+    The stalled worker's job is paused too until the next attempt is seen waiting for it, then
+    trains on to its end: on a fast machine it had ended before that attempt started."""
     home = tmp_path / "home"
     job = _submit(home, configs(21, STALL), "stalled")
     q = Queue(home, create=False)
     a = Worker(home, tmp_path / "a.log", "--lease-seconds", "2", "--until-empty")
     run_dir = _wait_for(lambda: (j := q.get(job)).status == "running" and j.run_dir, 600, "the claim", proc=a)
-    _wait_for(lambda: _checkpoints(run_dir), 600, "the first checkpoint", proc=a)
+    [child] = _pause_jobs(a, [run_dir])
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         b = Worker(home, tmp_path / "b.log", "--lease-seconds", "2", "--until-empty")
+        _wait_for(lambda: "waiting for it to end" in Path(run_dir, "log.txt").read_text(), 600,
+                  "the next attempt to wait for the run directory", proc=b)
+        os.kill(child, signal.SIGCONT)  # the stalled worker's job trains on while its worker is stopped
         assert b.wait(timeout=600) == 0, b.output()
     finally:
+        try:
+            os.kill(child, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         os.kill(a.proc.pid, signal.SIGCONT)
     assert a.wait(timeout=120) == 0, a.output()
     final = q.get(job)
@@ -589,7 +645,7 @@ def test_sighup_drains_like_sigterm(tmp_path, configs):
     q = Queue(home, create=False)
     run_dir = q.get(job_id).run_dir
     worker = Worker(home, tmp_path / "worker.log")
-    pid = _pause_job(worker, run_dir)
+    [pid] = _pause_jobs(worker, [run_dir])
     worker.proc.send_signal(signal.SIGHUP)
     _wait_for(lambda: _sigterm_pending(pid), 600, "the worker to pass SIGTERM on", proc=worker)
     os.kill(pid, signal.SIGCONT)
