@@ -135,3 +135,20 @@ def test_bench_modules_are_small_and_documented():
         text = path.read_text()
         assert ast.get_docstring(ast.parse(text)), f"{path.name}: no module docstring"
         assert len(text.splitlines()) <= 350, f"{path.name}: split it"
+
+
+def test_startup_bench_measures_each_compile_case_in_a_fresh_cache():
+    """bench/startup.py --quick: the cold train really compiles (its cache is fresh), the warm one
+    loads, a new activation or plugin compiles only then; every figure is a positive time, and the
+    plugin/builtin ratio comes from two real throughputs."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "startup.py"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["cold train"]["kernels"] == "compiled" and report["warm train"]["kernels"] == "loaded"
+    assert report["new activation set"]["kernels"] == "compiled"
+    assert report["new plugin activation"]["kernels"] == "compiled"  # the example plugin: installed by make test
+    for name in ("cold train", "warm train", "new activation set", "new plugin activation", "--help"):
+        assert number(report[name]["wall_s"]), (name, report[name])
+    ratio = report["plugin / builtin"]
+    assert number(ratio["ratio"]) and all(map(number, ratio["swish_per_s"] + ratio["silu_per_s"]))
