@@ -120,6 +120,23 @@ def fsync_dir(directory) -> None:
 
 
 @contextmanager
+def dir_locked(path) -> bool:
+    """Whether some process holds an exclusive flock on directory `path` now (a run being
+    trained, a tune controller running); False if the directory does not exist."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def catch_signals(on_signal):
     """SIGINT and SIGTERM call `on_signal(signum)` instead of stopping the process (main thread
     only: elsewhere signals cannot be handled)."""

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .._system import atomic_write, describe
+from .._system import atomic_write, describe, dir_locked
 from ..errors import ConfigError, WriteError
 from . import checkpoints
 from .safetensors import write_safetensors
@@ -103,18 +103,7 @@ class RunDir:
 
     def in_use(self) -> bool:
         """Whether a process holds the lock (trains this run) now."""
-        import fcntl
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
+        return dir_locked(self.path)
 
     # ---- status.json: how the last process that trained the run ended ------------------------
     @property

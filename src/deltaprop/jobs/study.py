@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._system import atomic_write, describe
+from .._system import atomic_write, describe, dir_locked
 from .._system import home as default_home
 from ..errors import DeltapropError
 from ..io.rundir import RunDir
@@ -121,15 +121,7 @@ class StudyDir:
             os.close(fd)
 
     def controller_running(self) -> bool:
-        import fcntl
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
+        return dir_locked(self.path)
 
 
 def epochs_spent(run_dir) -> float:
