@@ -119,7 +119,6 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
-@contextmanager
 def dir_locked(path) -> bool:
     """Whether some process holds an exclusive flock on directory `path` now (a run being
     trained, a tune controller running); False if the directory does not exist."""
@@ -137,6 +136,7 @@ def dir_locked(path) -> bool:
         os.close(fd)
 
 
+@contextmanager
 def catch_signals(on_signal):
     """SIGINT and SIGTERM call `on_signal(signum)` instead of stopping the process (main thread
     only: elsewhere signals cannot be handled)."""
