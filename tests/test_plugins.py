@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -447,8 +448,9 @@ def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
     """Editing a plugin's module constant, a tuple or array it reads, or the body of a jitted helper
     changes the compiled kernels' cache key, with the plugin's own functions and version unchanged;
     the same source gives the same key."""
-    from deltaprop.compute.factory import _fingerprint, activation_blocks
+    from deltaprop.compute.factory import activation_blocks
     from deltaprop.plugins.activation import Activation
+    from deltaprop.plugins.fingerprint import fingerprint as _fingerprint
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))  # the generated files go there
 
     def key(module):
@@ -471,11 +473,11 @@ def test_kernel_cache_key_follows_helpers_and_constants(tmp_path, monkeypatch):
 def test_fingerprint_is_the_same_in_another_process():
     """No memory address or other per-process value in the fingerprint (else the cache never hits):
     builtins that call a jitted helper (silu -> sigmoid) and read a constant (gelu -> _SQRT1_2)."""
-    from deltaprop.compute.factory import _fingerprint
+    from deltaprop.plugins.fingerprint import fingerprint as _fingerprint
     names = ("silu", "silu_grad", "gelu", "gelu_grad", "softplus_grad")
     here = [hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in names]
     code = ("import hashlib; from deltaprop.plugins import builtin; "
-            "from deltaprop.compute.factory import _fingerprint; "
+            "from deltaprop.plugins.fingerprint import fingerprint as _fingerprint; "
             f"print(*[hashlib.sha256(_fingerprint(getattr(builtin, n))).hexdigest() for n in {names!r}])")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert there.returncode == 0, there.stderr
@@ -498,3 +500,60 @@ def test_a_model_with_a_wrong_derivative_activation_still_predicts(monkeypatch, 
     model._engine = None
     out = model.predict_proba(np.zeros((3, model.sizes[0]), np.float32))
     assert out.shape == (3, model.sizes[-1])
+
+
+STALE_INIT = '''
+import math
+import numba
+import deltaprop
+from . import consts
+
+
+@numba.njit(cache=True)
+def scaled(x):
+    return consts.K * math.tanh(x)
+
+
+@numba.njit(cache=True)
+def scaled_grad(x):
+    return consts.K * (1.0 - math.tanh(x) ** 2)
+
+
+@deltaprop.hookimpl
+def register_activations(register):
+    register(deltaprop.Activation(name="scaled", forward=scaled, derivative=scaled_grad))
+'''
+STALE_RUN = '''
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import stalepkg
+from deltaprop.compute.engine import Engine
+from deltaprop.plugins.manager import load_registry
+reg = load_registry(extra=(("stalepkg", stalepkg),), entry_points=False)
+reg.require_checked("scaled")
+e = Engine([3, 4, 1], ["scaled", "identity"], "mse", "float64", reg, 1, training=False)
+X = np.array([[0.1, 0.2, 0.3], [-0.5, 0.4, 0.0]])
+print(*e.predict(X, np.zeros(3), np.ones(3), np.full(e.n_params, 0.1))[:, 0])
+'''
+
+
+def test_editing_a_constant_in_another_module_of_a_plugin_is_never_served_stale(tmp_path):
+    """Numba keys its own cache of a jitted function by that function's file alone, so a plugin
+    activation that reads a constant from another module of its package (consts.K) came back from
+    that cache with the old value after the constant was edited: in the derivative check and in
+    training. deltaprop's key follows the constant (plugins/fingerprint.py), and the plugin's own
+    Numba cache is off, so a new process computes with the new value."""
+    pkg = tmp_path / "src" / "stalepkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(STALE_INIT)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    X = np.array([[0.1, 0.2, 0.3], [-0.5, 0.4, 0.0]])
+    for k in (1.0, 3.0, 1.0):
+        (pkg / "consts.py").write_text(f"K = {k}\n")
+        out = subprocess.run([sys.executable, "-c", STALE_RUN, str(tmp_path / "src")], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        hidden = k * np.tanh(X @ np.full((3, 4), 0.1) + 0.1)
+        want = hidden @ np.full(4, 0.1) + 0.1
+        np.testing.assert_allclose([float(v) for v in out.stdout.split()], want, rtol=1e-12)

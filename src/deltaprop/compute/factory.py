@@ -9,7 +9,7 @@ on-disk cache works as for any file and an edit is never loaded stale:
   hashes its source, the kernel modules compiled into it, and the deltaprop/Numba/Python versions.
 - `activation_blocks(act, dtype)`: one activation's forward and grad blocks as C callbacks for one
   dtype. Its key adds the activation's name, source, version and the bytecode of its functions with
-  the helpers and constants they read (`_fingerprint`): editing a plugin changes it.
+  the helpers and constants they read (`plugins/fingerprint.py`): editing a plugin changes it.
 
 So a new activation, a plugin's included, compiles only its two small blocks; the network kernels
 compile once per dtype. Compilation happens on first use, never at import (a block module compiles
@@ -22,95 +22,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from types import CodeType, FunctionType, ModuleType
+from types import ModuleType
 
 import numpy as np
 
 from .._system import atomic_write, kernel_cache_dir
 from ..errors import WriteError
 from ..plugins.activation import Activation
+from ..plugins.fingerprint import fingerprint
 
 _LOADED: dict[str, ModuleType] = {}
-
-
-# Code from these packages is pinned by their versions (Numba's is in the hash; the rest is stable).
-_PINNED = {"numba", "numpy", "math", "cmath", "builtins", "llvmlite"}
-_SCALARS = (bool, int, float, complex, str, bytes, type(None), np.generic)
-
-
-def _fingerprint(fn) -> bytes:
-    """Everything a jitted scalar function compiles from: its bytecode, and recursively that of
-    the jitted (or plain) functions it calls through module globals or closures, plus the values
-    of the module-level constants, tuples and arrays it reads (Numba freezes those into the
-    machine code). Without this, editing a plugin's helper or constant would load a stale kernel."""
-    out: list = []
-    _walk(fn, out, set())
-    return repr(out).encode()
-
-
-def _walk(fn, out: list, seen: set) -> None:
-    py = getattr(fn, "py_func", fn)
-    if id(py) in seen:  # recursion, or a helper called twice
-        out.append(("seen", py.__module__, py.__qualname__))
-        return
-    seen.add(id(py))
-    code = py.__code__
-    out.append(("fn", py.__module__, py.__qualname__, _code(code), _const(py.__defaults__)))
-    names = _names(code)
-    refs = [(n, py.__globals__[n]) for n in names if n in py.__globals__]
-    for name, cell in zip(code.co_freevars, py.__closure__ or ()):
-        try:
-            refs.append((name, cell.cell_contents))
-        except ValueError:  # an empty cell
-            refs.append((name, None))
-    for name, value in refs:
-        if isinstance(value, ModuleType):  # helpers.SCALE, helpers.f: attributes read by name
-            if value.__name__.split(".")[0] not in _PINNED:
-                for attr in names:
-                    if attr in vars(value):
-                        _value(f"{name}.{attr}", vars(value)[attr], out, seen)
-        else:
-            _value(name, value, out, seen)
-
-
-def _value(name: str, value, out: list, seen: set) -> None:
-    if hasattr(value, "py_func") or isinstance(value, FunctionType):
-        module = getattr(value, "__module__", None) or ""
-        if module.split(".")[0] in _PINNED:
-            out.append(("ref", name, module, getattr(value, "__qualname__", "")))
-        else:
-            _walk(value, out, seen)
-    elif isinstance(value, np.ndarray):
-        out.append(("array", name, value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest()))
-    else:
-        const = _const(value)
-        if const is not None:
-            out.append(("const", name, const))
-
-
-def _const(value) -> str | None:
-    """repr of a scalar or a (nested) tuple of scalars, else None (not a value Numba freezes)."""
-    if isinstance(value, _SCALARS):
-        return repr(value)
-    if isinstance(value, tuple):
-        items = [_const(v) for v in value]
-        return None if None in items else "(" + ", ".join(items) + ",)"
-    return None
-
-
-def _code(code: CodeType) -> tuple:
-    """Bytecode, constants and names of a code object, nested code objects included (their repr
-    would hold a memory address, different in every process)."""
-    consts = tuple(_code(c) if isinstance(c, CodeType) else c for c in code.co_consts)
-    return code.co_code, consts, code.co_names, code.co_freevars
-
-
-def _names(code: CodeType) -> list[str]:
-    names = list(code.co_names)
-    for c in code.co_consts:
-        if isinstance(c, CodeType):
-            names += [n for n in _names(c) if n not in names]
-    return names
 
 
 def _block_source(act: Activation, dtype: np.dtype) -> str:
@@ -175,7 +96,7 @@ def activation_blocks(act: Activation, dtype) -> ModuleType:
     h = hashlib.sha256(source.encode())
     _versions(h)
     h.update(f"{act.name}|{act.source}|{act.version}|{act.derivative_of}".encode())
-    h.update(_fingerprint(act.forward) + _fingerprint(act.derivative))
+    h.update(fingerprint(act.forward) + fingerprint(act.derivative))
     return _load(f"deltaprop_act_{h.hexdigest()[:20]}", source, {"_f": act.forward, "_d": act.derivative})
 
 

@@ -15,6 +15,7 @@ import pluggy
 from ..errors import PluginError
 from . import builtin, hookspecs
 from .activation import Activation
+from .fingerprint import uncache_helpers
 from .gradcheck import CheckResult, check_derivative
 from .logger import LoggerSpec
 
@@ -188,6 +189,8 @@ def _load_one(pm, registry: Registry, name: str, load, info: PluginInfo) -> None
         info.status, info.reason = "broken", "; ".join(problems)
         return
     for act in found:
+        uncache_helpers(act.forward)  # no stale machine code after an edit elsewhere in the plugin
+        uncache_helpers(act.derivative)
         registry.activations[act.name] = _with_source(act, info)
     for spec in loggers:
         registry.loggers[spec.name] = _with_source(spec, info)
