@@ -2,6 +2,7 @@
 crafted inputs and files get a clear error, paths print literally. (Each test here failed once.)"""
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -321,3 +322,64 @@ def test_the_thread_count_is_an_argument_not_an_environment_variable(tmp_path, t
         del os.environ["DELTAPROP_THREADS"]
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert _cli("resume", tmp_path / "run", "--threads", "abc").exit_code == 2
+
+
+# ---- the Python API checks X as the CLI's loader does -------------------------------------------
+
+@pytest.fixture(scope="module")
+def api_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("api")
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 5)).astype(np.float32)
+    np.savez(d / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    deltaprop.train({"model": {"hidden": [6]}, "data": {"train": str(d / "d.npz"), "test": ""},
+                     "training": {"epochs": 1}}, d / "run")
+    return deltaprop.load_model(d / "run"), X
+
+
+def test_api_predict_converts_what_the_loader_converts(api_model):
+    """float16 and big-endian X are converted (as a data file's are), so they predict what float32
+    does; they once reached the compiled code and raised Numba's own errors."""
+    m, X = api_model
+    want = m.predict_proba(X)
+    np.testing.assert_array_equal(m.predict_proba(X.astype(">f4")), want)
+    np.testing.assert_allclose(m.predict_proba(X.astype(np.float16)), m.predict_proba(X.astype(np.float16).astype(np.float32)))
+    np.testing.assert_array_equal(m.predict_proba(X[0]), want[:1])  # one row, 1-D
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda X: X.astype(object), "X has dtype object, expected a numeric array"),
+    (lambda X: X.astype(str), "expected a numeric array"),
+    (lambda X: X.astype(complex), "X has dtype complex128, expected a numeric array"),
+    (lambda X: np.where(np.arange(5) == 2, np.nan, X), "non-finite value(s) (NaN or Inf); the first is at row 0, column 2"),
+    (lambda X: X[:24].reshape(4, 6, 5), "X must be 2-D (rows, features), got shape (4, 6, 5)"),
+    (lambda X: X[:0], "the data is empty"),
+])
+def test_api_predict_bad_x_is_a_data_error_naming_the_problem(api_model, bad, message):
+    """Not a Numba TypingError, and NaN input is not blamed on the weights ("its weights overflow")."""
+    m, X = api_model
+    with pytest.raises(deltaprop.errors.DataError, match=re.escape(message)):
+        m.predict(bad(X))
+
+
+def test_api_evaluate_checks_that_x_and_y_have_the_same_rows(api_model):
+    m, X = api_model
+    with pytest.raises(deltaprop.errors.DataError, match="X has 120 rows but y has 10; they must match"):
+        m.evaluate(X, (X[:10, 0] > 0).astype(int))
+    assert m.evaluate(X, (X[:, 0] > 0).astype(int))["n"] == 120
+
+
+def test_predict_classes_of_a_regression_model_is_an_error_and_writes_nothing(tmp_path):
+    """--classes on an mse model once wrote its outputs and called them labels."""
+    from typer.testing import CliRunner
+
+    from deltaprop.cli.main import app
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    np.savez(tmp_path / "r.npz", X=X, y=X[:, :2].copy())
+    deltaprop.train({"model": {"hidden": [4]}, "data": {"train": str(tmp_path / "r.npz"), "test": ""},
+                     "training": {"epochs": 1, "loss": "mse"}}, tmp_path / "run")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "--data", str(tmp_path / "r.npz"),
+                                 "--output", str(tmp_path / "p.npy"), "--classes"])
+    assert r.exit_code != 0 and "is a regression model (loss mse)" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "p.npy").exists()

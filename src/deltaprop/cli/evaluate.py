@@ -39,7 +39,7 @@ def evaluate(
     """Evaluate a model on labelled data: accuracy (classification) or mse, and loss (weighted by
     the data's sample weights when it has them)."""
     m, ds = _load(model, data, True)
-    result = m.evaluate(ds.X, ds.y, ds.source, weights=ds.w)
+    result = m.evaluate(ds.X, ds.y, ds.source, weights=ds.w, validated=True)
     if "confusion" in result:  # what the confusion matrix's rows and columns are
         result["classes"] = m.classes if m.classes is not None else list(range(len(result["confusion"])))
     if json_:
@@ -79,7 +79,10 @@ def predict(
     if suffix not in (".npy", ".csv"):
         raise DeltapropError(f"--output {output}: use a .npy or a .csv file name (what to write is told by it)")
     m, ds = _load(model, data, False)
-    out = m.predict(ds.X, ds.source) if classes else m.predict_proba(ds.X, ds.source)
+    if classes and m.loss != "cross_entropy":
+        raise DeltapropError(f"--classes: {model} is a regression model (loss {m.loss}): it has outputs, not "
+                             "classes; leave --classes out")
+    out = m.predict(ds.X, ds.source, validated=True) if classes else m.predict_proba(ds.X, ds.source, validated=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":  # one row per input row; labels as integers, outputs with full float32 precision
         atomic_write(output, lambda f: np.savetxt(f, out.reshape(len(out), -1), delimiter=",",

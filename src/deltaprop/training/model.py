@@ -96,11 +96,14 @@ class Model:
             raise DataError(f"{source}: has {X.shape[1] if X.ndim == 2 else X.shape} features per row, "
                             f"but the model expects {self.sizes[0]}")
 
-    def predict_proba(self, X: np.ndarray, source: str = "X") -> np.ndarray:
-        """(n, n_out): class probabilities (cross-entropy) or regression outputs (mse)."""
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
+    def predict_proba(self, X: np.ndarray, source: str = "X", *, validated: bool = False) -> np.ndarray:
+        """(n, n_out): class probabilities (cross-entropy) or regression outputs (mse). X is checked
+        as a data file's would be (numeric, 2-D, not empty, finite; float16 and big-endian converted)
+        unless `validated` says it came from `load_dataset` already; one row may be given 1-D."""
+        if not validated:
+            from ..io.datasets import dataset_from_arrays
+            X = np.asarray(X)
+            X = dataset_from_arrays(X.reshape(1, -1) if X.ndim == 1 else X, source=source).X
         self.check_features(X, source)
         why = self.input_warning(X, source)
         if why:
@@ -125,9 +128,9 @@ class Model:
                         "pass the raw values, or its predictions are those of a nearly black input")
         return None
 
-    def predict(self, X: np.ndarray, source: str = "X") -> np.ndarray:
+    def predict(self, X: np.ndarray, source: str = "X", *, validated: bool = False) -> np.ndarray:
         """Class labels (cross-entropy: the model's classes, e.g. strings) or regression outputs (mse)."""
-        out = self.predict_proba(X, source)
+        out = self.predict_proba(X, source, validated=validated)
         if self.loss != "cross_entropy":
             return out
         idx = out.argmax(axis=1)
@@ -139,14 +142,18 @@ class Model:
         return labels_in(y, self.classes, source) if self.classes is not None else as_labels(y, self.n_classes, source)
 
     def evaluate(self, X: np.ndarray, y: np.ndarray, source: str = "data", encoded: bool = False,
-                 weights: np.ndarray | None = None) -> dict:
+                 weights: np.ndarray | None = None, *, validated: bool = False) -> dict:
         """Metrics: n, loss, and accuracy + confusion matrix (classification) or mse and r2. `encoded`:
         y holds output indices already (a run's own splits), not labels. `weights` (validated sample
         weights, one per row): loss, accuracy, mse and r2 are weighted averages over the rows
         (sklearn's `sample_weight` in its metrics), `weight_sum` is added; the confusion matrix
         still counts rows."""
         from .targets import as_targets
-        out = self.predict_proba(X, source).astype(np.float64)
+        if not (validated or encoded):  # X and y checked together (dtypes, finiteness, row counts)
+            from ..io.datasets import dataset_from_arrays
+            ds = dataset_from_arrays(np.asarray(X), np.asarray(y), source=source)
+            X, y = ds.X, ds.y
+        out = self.predict_proba(X, source, validated=True).astype(np.float64)
         n, w = len(out), weights
         extra = {} if w is None else {"weight_sum": float(np.sum(w))}
         if self.loss == "cross_entropy":
