@@ -383,3 +383,32 @@ def test_predict_classes_of_a_regression_model_is_an_error_and_writes_nothing(tm
                                  "--output", str(tmp_path / "p.npy"), "--classes"])
     assert r.exit_code != 0 and "is a regression model (loss mse)" in r.output, r.output
     assert "Traceback" not in r.output and not (tmp_path / "p.npy").exists()
+
+
+def test_finite_values_beyond_float32_are_a_data_error_not_a_divergence(tmp_path):
+    """1e300 in float64 data is finite, so it passed the NaN/Inf check, became Inf in the float32
+    gather and was reported as "training diverged ... lower optimizer.lr" (and a checkpoint said to
+    be kept that did not exist). It is the data: say where, and what to do."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 3))
+    X[17, 2] = 1e300
+    np.savez(tmp_path / "huge.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    cfg = {"model": {"hidden": [4]}, "data": {"train": str(tmp_path / "huge.npz"), "test": ""},
+           "training": {"epochs": 1}}
+    with pytest.raises(deltaprop.errors.DataError, match=re.escape("X has 1e+300 at row 17, column 2 (0-based), "
+                                                                  "beyond the range of float32")):
+        deltaprop.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    X[17, 2] = 1e30  # fits float64: a float64 model takes it
+    np.savez(tmp_path / "big.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    cfg["data"]["train"] = str(tmp_path / "big.npz")
+    cfg["training"]["dtype"] = "float64"
+    assert deltaprop.train(cfg, tmp_path / "run64").model.dtype == "float64"
+
+
+def test_a_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tiny, tmp_path):
+    with pytest.raises(deltaprop.errors.TrainingFailed) as info:
+        deltaprop.train(_raw(tiny) | {"optimizer": {"name": "sgd", "lr": 1e30},
+                                      "checkpoint": {"every_epochs": 0}}, tmp_path / "run")
+    assert "training diverged at epoch 2" in str(info.value)
+    assert "checkpoint" not in str(info.value), str(info.value)

@@ -86,6 +86,21 @@ def _outputs(config: Config, y: np.ndarray, source: str,
     return as_targets(y, k, source, dtype=config.training.dtype), k, None
 
 
+def _check_range(X: np.ndarray, dtype: str, source: str) -> None:
+    """Finite values beyond the model dtype's range (1e300 in float64 data for a float32 model)
+    would become Inf in the compiled gather and look like a diverged run: say what they are."""
+    big = float(np.finfo(dtype).max)
+    if X.dtype.kind != "f" or np.finfo(X.dtype).max <= big:
+        return
+    for i in range(0, len(X), _CHUNK):
+        block = np.abs(np.asarray(X[i:i + _CHUNK]))
+        if (block > big).any():
+            r, col = np.argwhere(block > big)[0]
+            raise DataError(f"{source}: X has {X[i + r, col]:.3g} at row {i + r}, column {col} (0-based), beyond "
+                            f"the range of {dtype} (±{big:.3g}), the model's dtype; scale the data or set "
+                            "training.dtype = \"float64\"")
+
+
 def _scaling(mode: str, X: np.ndarray, rows: np.ndarray, dtype) -> tuple[str, np.ndarray, np.ndarray]:
     d = X.shape[1]
     if mode == "auto":
@@ -207,6 +222,7 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
         registry.require_checked(name)
     sizes = [X.shape[1], *c.model.hidden, k]
     _check_memory(sizes, min(c.training.batch_size, len(train_idx)), c.training.dtype)
+    _check_range(X, c.training.dtype, c.data.train)
     mode, mean, inv_std = _scaling(c.data.scale, X, train_idx, c.training.dtype)
     plugins = {a: {"source": registry.get(a).source, "version": registry.get(a).version} for a in set(acts)}
     if c.model.init in ("auto", "he", "xavier"):

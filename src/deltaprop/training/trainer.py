@@ -120,7 +120,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
     def _diverged(self, step: int, what: str, lr: float) -> TrainingFailed:
         kept = (f"The last good checkpoint in {self.rundir.checkpoint_dir} is kept; "
-                if self.rundir.persistent else "")
+                if self.rundir.persistent and self.rundir.checkpoints() else "")
         return TrainingFailed(f"training diverged at epoch {self.state.epoch + 1}, step {step}: {what} "
                               f"(learning rate {lr:.3g}). {kept}lower optimizer.lr or set "
                               "training.clip_grad_norm.")
