@@ -30,4 +30,4 @@ def swish_onnx(g, x):  # ONNX nodes for the export: x * Sigmoid(x)
 @deltaprop.hookimpl
 def register_activations(register):
     register(deltaprop.Activation(name="swish", forward=swish, derivative=swish_grad,
-                                  derivative_of="input", onnx=swish_onnx))
+                                  derivative_of="input", init="he", onnx=swish_onnx))  # ReLU-like: He init
