@@ -193,6 +193,38 @@ def test_string_labels_in_a_csv(tmp_path):
     assert set((tmp_path / "p.csv").read_text().split()) <= {"cat", "dog", "emu"}
 
 
+def test_csv_columns_are_checked_by_name_against_the_training_file(tmp_path):
+    """CSV columns are read by position: evaluating a file whose columns are in another order once
+    scored it silently with the features swapped. The model keeps its training file's column names;
+    evaluate and predict on a CSV with other names, or the same in another order, are an error
+    naming them; the label column may sit anywhere, and non-CSV data is not affected."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(150, 3))
+    y = (X[:, 0] > 0).astype(int)
+
+    def write(name, header, cols, label_at):
+        rows = [",".join(f"{v:.6f}" for v in r[cols][:label_at]) + ("," if label_at else "") + str(t)
+                + "".join(f",{v:.6f}" for v in r[cols][label_at:]) for r, t in zip(X, y)]
+        (tmp_path / name).write_text(header + "\n" + "\n".join(rows) + "\n")
+        return tmp_path / name
+
+    train = write("train.csv", "a,b,c,label", [0, 1, 2], 3)
+    assert_exit(cli("train", _config(tmp_path, train), "--run-dir", tmp_path / "run"), 0)
+    assert deltaprop.load_model(tmp_path / "run").columns == ["a", "b", "c"]
+    same = write("same.csv", "label,a,b,c", [0, 1, 2], 0)  # the label column elsewhere: the same features
+    assert_exit(cli("evaluate", tmp_path / "run", "--data", same), 0)
+    swapped = write("swapped.csv", "b,a,c,label", [1, 0, 2], 3)
+    r = cli("evaluate", tmp_path / "run", "--data", swapped)
+    assert_exit(r, 2)
+    assert "its feature columns are not the model's (another order): the model was trained on a, b, c" in r.output
+    renamed = write("renamed.csv", "a,b,d,label", [0, 1, 2], 3)
+    r = cli("predict", tmp_path / "run", "--data", renamed, "--output", tmp_path / "p.npy")
+    assert_exit(r, 2)
+    assert "(it lacks ['c']; it has ['d'] instead)" in r.output and not (tmp_path / "p.npy").exists()
+    np.savez(tmp_path / "same.npz", X=X, y=y)  # no names to compare
+    assert_exit(cli("evaluate", tmp_path / "run", "--data", tmp_path / "same.npz"), 0)
+
+
 def test_an_estimator_saved_model_with_string_classes_predicts_names_in_the_cli(tmp_path):
     from deltaprop.sklearn import MLPClassifier
     rng = np.random.default_rng(3)

@@ -22,7 +22,7 @@ def _load(model_path: Path, data: str, require_labels: bool):
     ds = load_dataset(resolve_data_spec(data, None), require_labels=require_labels,
                       label_column=data_cfg.get("label_column", "label"),
                       weight_column=data_cfg.get("weight_column", ""))
-    model.check_features(ds.X, ds.source)
+    model.check_features(ds.X, ds.source, ds.columns)
     why = model.input_warning(ds.X, ds.source)
     if why:  # said once, as a line of its own (not again as a Python warning with a file name)
         err_console.print(f"warning: {why}")

@@ -15,8 +15,9 @@ from .weights import check_weights
 
 
 def load_csv(path: Path, label_column: str, require_labels: bool, check_finite, weight_column: str | int = "",
-             require_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(features, labels or None, sample weights or None) of a CSV with a header row;
+             require_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """(features, labels or None, sample weights or None, the features' column names) of a CSV
+    with a header row;
     `check_finite(a, src, what, where)` is the shared NaN/Inf check. Labels: numbers, or strings
     when the label column holds words. `weight_column` ("" for none): the weights' column, by name
     or index; when the file lacks it that is an error only with `require_weights` (training)."""
@@ -71,7 +72,8 @@ def load_csv(path: Path, label_column: str, require_labels: bool, check_finite, 
         elif np.array_equal(y, np.round(y)):
             y = y.astype(np.int64)
     drop = [j for j in (label_j, weight_j) if j is not None]
-    return (np.delete(data, drop, axis=1) if drop else data), y, w
+    columns = [n for j, n in enumerate(names) if j not in drop]
+    return (np.delete(data, drop, axis=1) if drop else data), y, w, columns
 
 
 def _weight_index(path: Path, names: list[str], column: str | int, required: bool) -> int | None:

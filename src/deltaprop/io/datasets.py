@@ -36,13 +36,15 @@ _CHUNK_BYTES = 1 << 24  # finite checks read at most ~16 MB of a (memmapped) arr
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Features `X` (n, d), labels/targets `y` ((n,) int64 labels, (n,)/(n, k) float) or None, and
-sample weights `w` ((n,) float64, validated) or None; `w_from` says where they came from."""
+sample weights `w` ((n,) float64, validated) or None; `w_from` says where they came from;
+`columns`: the features' names (a CSV's header), else None."""
 
     X: np.ndarray
     y: np.ndarray | None
     source: str
     w: np.ndarray | None = None
     w_from: str = ""
+    columns: tuple[str, ...] | None = None
 
 
 def load_dataset(spec: str, *, base_dir: Path | None = None, label_column: str = "label",
@@ -92,9 +94,10 @@ def _load(spec, base_dir, label_column, require_labels, weight_column, require_w
     elif name.endswith(".npy"):
         X, y, ysrc = _load_npy(path, require_labels)
     elif name.endswith(".csv"):
-        X, y, w = load_csv(path, label_column, require_labels, _check_finite, weight_column, require_weights)
+        X, y, w, columns = load_csv(path, label_column, require_labels, _check_finite, weight_column,
+                                    require_weights)
         ds = _finish(X, y, str(path), str(path), str(path))
-        return ds if w is None else Dataset(ds.X, ds.y, ds.source, w, f"column {weight_column!r}")
+        return Dataset(ds.X, ds.y, ds.source, w, "" if w is None else f"column {weight_column!r}", tuple(columns))
     elif "-idx" in name and "-ubyte" in name:
         labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
         labels = None if labels == path else find_idx(labels)

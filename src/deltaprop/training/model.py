@@ -38,6 +38,7 @@ class Model:
     classes: list | None = None  # cross-entropy: the label of each output (None: 0..k-1)
     # trained with sample weights: {"from": where they came from, "rows": training rows, "total": their sum}
     sample_weights: dict | None = None
+    columns: list | None = None  # the features' names when trained from a CSV (its header), in order
     _engine: object = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -91,10 +92,19 @@ class Model:
     def n_classes(self) -> int | None:
         return self.sizes[-1] if self.loss == "cross_entropy" else None
 
-    def check_features(self, X: np.ndarray, source: str) -> None:
+    def check_features(self, X: np.ndarray, source: str, columns=None) -> None:
+        """X's width; and `columns` (a CSV's feature names) against the training file's, when both
+        are known: CSV columns are read by position, so another order would silently mean other
+        features."""
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise DataError(f"{source}: has {X.shape[1] if X.ndim == 2 else X.shape} features per row, "
                             f"but the model expects {self.sizes[0]}")
+        if columns is None or self.columns is None or list(columns) == list(self.columns):
+            return
+        missing, extra = [c for c in self.columns if c not in columns], [c for c in columns if c not in self.columns]
+        what = "; ".join([f"it lacks {missing}"] * bool(missing) + [f"it has {extra} instead"] * bool(extra))
+        raise DataError(f"{source}: its feature columns are not the model's ({what or 'another order'}): the model "
+                        f"was trained on {', '.join(self.columns)}, in this order")
 
     def predict_proba(self, X: np.ndarray, source: str = "X", *, validated: bool = False) -> np.ndarray:
         """(n, n_out): class probabilities (cross-entropy) or regression outputs (mse). X is checked
@@ -188,6 +198,8 @@ class Model:
                                "inv_std": [float(v) for v in self.inv_std]}}
         if self.sample_weights is not None:  # left out otherwise: unweighted files are as before
             meta["sample_weights"] = dict(self.sample_weights)
+        if self.columns is not None:
+            meta["columns"] = list(self.columns)
         return meta
 
     def save(self, path: Path) -> None:
@@ -264,9 +276,13 @@ class Model:
                 and np.isfinite(weights["total"]) and weights["total"] > 0):
             raise bad(f"metadata 'sample_weights' must be {{from: a string, rows: an integer >= 1, total: a "
                       f"number > 0}}, got {weights!r}")
+        columns = meta.get("columns")
+        if columns is not None and not (isinstance(columns, list) and len(columns) == sizes[0]
+                                        and all(isinstance(c, str) for c in columns)):
+            raise bad(f"metadata 'columns' must list {sizes[0]} column names, one per input feature")
         return cls(list(sizes), list(acts), loss, dtype, theta, stats["mean"], stats["inv_std"],
                    pre["scale"], dict(plugins), dict(config), classes,
-                   None if weights is None else dict(weights))
+                   None if weights is None else dict(weights), columns)
 
 
 def _mean(a: np.ndarray, w: np.ndarray | None) -> float:

@@ -235,7 +235,8 @@ def prepare(config: Config, registry, arrays: tuple | None = None, *, n_outputs:
     weights = None if ds.w is None else {"from": ds.w_from, "rows": len(train_idx),
                                           "total": float(ds.w[train_idx].sum())}
     model = Model(sizes, acts, c.training.loss, c.training.dtype, theta.astype(c.training.dtype),
-                  mean, inv_std, mode, plugins, c.to_dict(), classes, sample_weights=weights)
+                  mean, inv_std, mode, plugins, c.to_dict(), classes, sample_weights=weights,
+                  columns=None if ds.columns is None else list(ds.columns))
     return Prepared(X, y, train_idx, val, test, model, ds.w)
 
 
