@@ -4,7 +4,7 @@ Two kinds of compiled code, each written as a source file into the kernel cache 
 name that hashes everything the compiled code depends on, and imported from there, so Numba's
 on-disk cache works as for any file and an edit is never loaded stale:
 
-- `network_kernels()`: kernels/network.py (forward, backward, run_steps, predict), the same for
+- `network_kernels()`: kernels/network.py (gather, forward, backward, run_steps, outputs), the same for
   every network: it calls the activations through function pointers (kernels/blocks.py). Its key
   hashes its source, the kernel modules compiled into it, and the deltaprop/Numba/Python versions.
 - `activation_blocks(act, dtype)`: one activation's forward and grad blocks as C callbacks for one
@@ -80,7 +80,7 @@ def _versions(h) -> None:
 
 
 def network_kernels() -> ModuleType:
-    """The compiled-on-first-use network module (run_steps, predict, ...), one for every network."""
+    """The compiled-on-first-use network module (run_steps, forward, ...), one for every network."""
     from ..kernels import network
     source = Path(network.__file__).read_text()
     h = hashlib.sha256(source.encode())
