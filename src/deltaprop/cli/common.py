@@ -12,6 +12,22 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False
 console = Console(highlight=False, soft_wrap=True, markup=False)
 
 
+def print_table(columns, rows, styles: dict | None = None) -> None:
+    """Rows of strings under `columns`: a rich table on a terminal (`styles`: column index ->
+    {value: style}), whole tab-separated lines when piped (nothing cut to fit a width)."""
+    if not console.is_terminal:
+        for row in [columns, *rows]:
+            print("\t".join(row))
+        return
+    from rich.table import Table
+    from rich.text import Text
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*[Text(v, style=styles[i].get(v, "")) if styles and i in styles else v
+                        for i, v in enumerate(row)])
+    console.print(table)
+
+
 HELP = {"help_option_names": ["-h", "--help"]}  # every command takes -h too
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import HELP, console, handle_errors
+from .common import HELP, console, handle_errors, print_table
 
 app = typer.Typer(help="The job queue: list, show, logs, cancel, retry.", no_args_is_help=True, context_settings=HELP)
 
@@ -148,16 +148,7 @@ def list_(
              f"{runs[j.id].epochs_done}/{runs[j.id].epochs}" if runs[j.id].epochs else "",
              "{metric}={value:.4g}".format(**runs[j.id].best) if runs[j.id].best else "",
              _when(j.created_at), j.run_dir, j.error or "") for j in jobs]
-    if not console.is_terminal:  # piped: whole lines, tab-separated, nothing cut to fit a width
-        for row in [columns, *rows]:
-            print("\t".join(row))
-        return
-    from rich.table import Table
-    from rich.text import Text
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*row[:2], Text(row[2], style=STATUS_STYLE[row[2]]), *row[3:])
-    console.print(table)
+    print_table(columns, rows, {2: STATUS_STYLE})
 
 
 def _when(t: float | None) -> str:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import console, handle_errors
+from .common import console, handle_errors, print_table
 
 STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow", "new": "dim"}
 SORTS = ("name", "status", "epochs", "best", "modified")
@@ -63,16 +63,7 @@ def runs(
              f"{r.best['metric']}={r.best['value']:.4g}@{r.best['epoch']}" if r.best else "",
              *[_fmt(r.final[k]) if k in r.final else "" for k in final_keys],
              *[_fmt(r.config.get(k, "")) for k in keys]) for r in records]
-    if not console.is_terminal:  # piped: whole lines, tab-separated, nothing cut to fit a width
-        for row in [columns, *rows]:
-            print("\t".join(row))
-    else:
-        from rich.table import Table
-        from rich.text import Text
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(row[0], Text(row[1], style=STATUS_STYLE[row[1]]), *row[2:])
-        console.print(table)
+    print_table(columns, rows, {1: STATUS_STYLE})
     for r in records:
         if r.error:
             console.print(f"{r.path} failed: {r.error}")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from .common import HELP, console, err_console, handle_errors
+from .common import HELP, console, err_console, handle_errors, print_table
 
 
 class _StartByDefault(TyperGroup):
@@ -218,15 +218,7 @@ def _show(study, board: dict, as_json: bool = False) -> None:
                      "" if r["value"] is None else f"{r['value']:.4f}", f"{r['epochs'] or 0:g}", str(r["job"] or "")))
     console.print(f"study {study.id}: {spec['sampler']} sampler, {spec['pruner']} pruner, {spec['direction']} "
                   f"{spec['metric']}")
-    if not console.is_terminal:  # piped: whole lines, tab-separated, nothing cut to fit a width
-        for row in [columns, *rows]:
-            print("\t".join(row))
-    else:
-        from rich.table import Table
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+    print_table(columns, rows)
     order = rows
     total = sum(r["epochs"] or 0 for r in board["trials"])
     console.print(f"{len(order)} trials, {total:g} epochs in all; controller {board['controller']}"
