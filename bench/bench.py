@@ -38,7 +38,14 @@ if HERE not in sys.path:  # already there when run by path; not when imported fr
 import rounds  # noqa: E402
 import runners  # noqa: E402
 import tables  # noqa: E402
-from spec import HIDDEN, SCALING_BATCHES, SCALING_WIDTHS, SYSTEMS, default_threads, parse_ints  # noqa: E402
+from spec import (  # noqa: E402
+    HIDDEN,
+    SCALING_BATCHES,
+    SCALING_WIDTHS,
+    SYSTEMS,
+    default_threads,
+    parse_ints,
+)
 
 
 def parse_args(argv=None):

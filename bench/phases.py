@@ -3,18 +3,18 @@
     .venv/bin/python bench/phases.py [--batch 32,128,512] [--threads 2] [--sizes 784,256,128,10]
                                      [--dtype float32] [--peak GFLOP/s]
 
-Calls the network kernels' phases (gather, forward with and without the pending optimizer
-update, loss, backward, a whole-vector update, an empty parallel region) directly, many times
-each, and reports the 10th percentile in microseconds: on a shared machine the low percentile
-is what the code costs, the median is what the neighbours cost. `empty` is the price of one
-parallel region; a step has 1 + 2 x layers of them.
+Calls the network kernels' phases (forward, which gathers the minibatch first, with and without
+the pending optimizer update; loss; backward; the update alone; the forward's parallel regions
+with no rows) directly, many times each, and reports the 10th percentile in microseconds: on a
+shared machine the low percentile is what the code costs, the median is what the neighbours cost.
+`empty` is the price of the forward's 1 + layers parallel regions; a step has 1 + 2 x layers.
 
 Against the FLOP floor: the forward (2 x batch x sum of n_in x n_out) and the backward (the dW
 products of every layer and the dX products of all but the first) each take at least
 FLOPs / peak; the GEMM peak is measured first in the same dtype on the same pinned cores
 (`bench.py --worker gemm`, in its own process) unless `--peak` gives it. Each line ends with
 each product phase's floor and the share of the peak it reaches, and what the rest of a step
-(gather, loss, parallel regions) costs on top.
+(the loss) costs on top.
 """
 
 import argparse
@@ -40,8 +40,8 @@ def _p10_us(fn, reps: int) -> float:
 
 
 def phases(sizes: list[int], batch: int, threads: int, reps: int = 200, dtype: str = "float32") -> dict[str, float]:
-    from deltaprop.plugins.manager import load_registry
     from deltaprop.compute.engine import Engine, OptimizerSpec
+    from deltaprop.plugins.manager import load_registry
 
     rng = np.random.default_rng(0)
     n = max(4 * batch, 256)
@@ -62,24 +62,23 @@ def phases(sizes: list[int], batch: int, threads: int, reps: int = 200, dtype: s
     drop, coef, hyper = np.zeros(L), np.zeros(10, dtype), opt.hyper()  # lr 0: theta stays
     no_w = np.zeros(0)  # no sample weights
 
-    def forward(pending):
-        return lambda: k.forward(batch, e.xb, theta, e.sizes, e.woff, e.boff, e.hoff, fwd, drop, 0, 0,
+    def forward(pending, nb=batch):
+        return lambda: k.forward(P, X, mean, inv_std, perm, 0, labels, e.yb, targets, e.tb, no_w, e.wb,
+                                 nb, e.xb, theta, e.sizes, e.woff, e.boff, e.hoff, fwd, drop, 0, 0,
                                  e.Z, e.A, e.D, pending, 0, grad, state, coef, hyper, 2)
 
     out = {
-        "gather": lambda: k.gather(P, X, mean, inv_std, perm, 0, batch, e.xb, labels, e.yb, targets, e.tb,
-                                    no_w, e.wb),
         "forward": forward(False),
         "forward+update": forward(True),
         "loss": lambda: k.loss_delta(0, batch, grd[L - 1], sizes[-1], e.hoff[L - 1], e.Z, e.A, e.D,
                                  e.yb, e.tb, 1.0 / batch, no_w, e.rowloss, e.correct),
         "backward": lambda: k.backward(batch, e.xb, theta, grad, e.sizes, e.woff, e.boff, e.hoff, grd,
                                        drop, 0, 0, e.Z, e.A, e.D, e.sq),
-        "update": lambda: k.apply(P, 0, theta, grad, state, coef, hyper, 2),
-        "empty": lambda: k.apply(P, 0, theta[:0], grad[:0], state[:, :0], coef, hyper, 2),
+        "update": forward(True, 0),  # no rows: the whole-vector update alone, in the layers' regions
+        "empty": forward(False, 0),  # no rows, no update: the price of the L + 1 parallel regions
     }
     res = {name: _p10_us(fn, reps) for name, fn in out.items()}
-    res["step"] = res["gather"] + res["forward+update"] + res["loss"] + res["backward"]
+    res["step"] = res["forward+update"] + res["loss"] + res["backward"]
     return res
 
 
@@ -108,7 +107,7 @@ def floor_note(r: dict, sizes: list[int], batch: int, peak: float) -> str:
     floor_step = (fl["forward"] + fl["backward"]) / (peak * 1e3)
     rest = r["step"] - r["forward+update"] - r["backward"]
     return (f"at {peak:.0f} GFLOP/s: " + ", ".join(parts) +
-            f", gather+loss {rest:.0f} us; step floor {floor_step:.0f} us ({floor_step / r['step']:.0%} of peak)")
+            f", loss {rest:.0f} us; step floor {floor_step:.0f} us ({floor_step / r['step']:.0%} of peak)")
 
 
 def main(argv=None) -> int:

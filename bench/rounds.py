@@ -23,8 +23,21 @@ import sys
 from importlib import util
 
 from report import machine_info, result_row, scaling_row, threads_row
-from spec import (DIST, HIDDEN, LR, MODULE, N_IN, N_OUT, SEED, SYSTEMS, THREAD_SCALING_SYSTEMS, flops_per_sample,
-                  median, parse_hidden, parse_ints, sections)
+from spec import (
+    DIST,
+    HIDDEN,
+    LR,
+    MODULE,
+    N_IN,
+    N_OUT,
+    SEED,
+    THREAD_SCALING_SYSTEMS,
+    flops_per_sample,
+    median,
+    parse_hidden,
+    parse_ints,
+    sections,
+)
 
 BENCH_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench.py")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

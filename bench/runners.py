@@ -65,8 +65,8 @@ def numpy_blas_threads():
 def _deltaprop_runner(threads: int, dtype: str):
     import numpy as np
 
-    from deltaprop.plugins.manager import load_registry
     from deltaprop.compute.engine import Engine, OptimizerSpec
+    from deltaprop.plugins.manager import load_registry
 
     registry = load_registry(entry_points=False)
     opt = OptimizerSpec("sgd")

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import deltaprop  # noqa: F401  (first: it sets NUMBA_CACHE_DIR before anything imports Numba)
+
 TESTS = Path(__file__).resolve().parent
 # Every DELTAPROP_HOME the tests use is a temporary one (train without --run-dir, the job queue):
 # a test never writes into the checkout or a user's real queue.
@@ -24,6 +26,14 @@ import reference as ref  # noqa: E402
 
 # The machine's temp dir, before any test replaces it (private_tmpdir)
 MACHINE_TMP = tempfile.gettempdir()
+
+
+def pytest_configure(config):
+    """A parallel kernel that Numba could not parallelise is a bug (it once cost 20x): fail the test
+    that compiled it. CI always compiles cold, so every kernel is checked there. Added here, not in
+    pyproject.toml: resolving the class there imports Numba before deltaprop sets its cache
+    directory, and Numba then wrote its cache into the checkout."""
+    config.addinivalue_line("filterwarnings", "error::numba.core.errors.NumbaPerformanceWarning")
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,13 @@ class Engine:
         say whether they were compiled or loaded)."""
         blocks = [f for m in self._blocks or () for f in (m.forward_block, m.grad_block)]
         k = self.kernels
-        return [k.run_steps, k.gather, k.forward, k.outputs, *blocks]
+        return [k.run_steps, k.forward, k.outputs, *blocks]
+
+    def compile_helper(self):
+        """A second process compiling the kernels run_steps calls after forward, when they are not
+        cached (compute/compile_helper.py), or None; end it with compile_helper.stop."""
+        from .compile_helper import start
+        return start(self.kernels, self.dtype)
 
     # ---- buffers ---------------------------------------------------------------------------
     def _buffers(self, cap: int):
@@ -163,8 +169,8 @@ class Engine:
         return float(loss[0]), grad
 
     def predict(self, X, mean, inv_std, theta, batch_size=1024) -> np.ndarray:
-        """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype: gather
-        and forward (no dropout, no pending update) batch by batch, with run_steps' own argument
+        """(n, n_out) softmax probabilities (cross-entropy) or outputs (mse), in self.dtype: forward
+        (gathering in order; no dropout, no pending update) batch by batch, with run_steps' own argument
         types, so predicting compiles nothing that training has not."""
         self._buffers(batch_size)
         fwd, _ = self.blocks()
@@ -177,8 +183,8 @@ class Engine:
         no_state, coef, hyper = np.zeros((2, 0), self.dtype), np.zeros(10, self.dtype), np.zeros(N_HYPER)
         for p0 in range(0, n, batch_size):
             nb = min(batch_size, n - p0)
-            K.gather(self.threads, X, mean, inv_std, perm, p0, nb, self.xb, no_i, no_i, no_f, no_f, no_w, no_w)
-            K.forward(nb, self.xb, theta, self.sizes, self.woff, self.boff, self.hoff, fwd, drop, 0, 0,
+            K.forward(self.threads, X, mean, inv_std, perm, p0, no_i, no_i, no_f, no_f, no_w, no_w,
+                      nb, self.xb, theta, self.sizes, self.woff, self.boff, self.hoff, fwd, drop, 0, 0,
                       self.Z, self.A, self.D, False, 0, theta, no_state, coef, hyper, 0)
             K.outputs(self.Z, self.A, off, nb, k, self.loss_kind, out, p0)
         return out

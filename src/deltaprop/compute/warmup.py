@@ -12,10 +12,15 @@ import threading
 import time
 
 
-def compile_kernels(work, *, what: str, note, compiled=lambda: (), slow_after: float = 1.0) -> float:
+def compile_kernels(work, *, what: str, note, compiled=lambda: (), helper=lambda: None,
+                    slow_after: float = 1.0) -> float:
     """Run `work()` (calls that compile the kernels), reporting through `note`; returns seconds.
     `compiled()`, asked after the work: the Numba dispatchers and C callbacks it compiled or
-    loaded, whose cache statistics say which."""
+    loaded, whose cache statistics say which. `helper()`, called first: a process compiling some
+    of the kernels meanwhile (compute/compile_helper.py) or None; it is ended when the work ends,
+    however it ends."""
+    from .compile_helper import stop
+
     failure: list[BaseException] = []
 
     def target():
@@ -25,13 +30,17 @@ def compile_kernels(work, *, what: str, note, compiled=lambda: (), slow_after: f
             failure.append(exc)
 
     t0 = time.perf_counter()
-    thread = threading.Thread(target=target, name="deltaprop-compile", daemon=True)
-    thread.start()
-    thread.join(slow_after)
-    if thread.is_alive():
-        note(f"compiling kernels for {what} (first run only: later runs load them from the cache) ...")
-    while thread.is_alive():
-        thread.join(0.1)  # in slices: Ctrl-C raises KeyboardInterrupt here at once
+    process = helper()
+    try:
+        thread = threading.Thread(target=target, name="deltaprop-compile", daemon=True)
+        thread.start()
+        thread.join(slow_after)
+        if thread.is_alive():
+            note(f"compiling kernels for {what} (first run only: later runs load them from the cache) ...")
+        while thread.is_alive():
+            thread.join(0.1)  # in slices: Ctrl-C raises KeyboardInterrupt here at once
+    finally:
+        stop(process)
     if failure:
         raise failure[0]
     seconds = time.perf_counter() - t0

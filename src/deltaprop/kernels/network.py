@@ -17,6 +17,11 @@ call plus the fused elementwise work on it. Tiles never depend on the thread cou
 is reduced across threads except the batch loss (summed row by row in order) and the gradient
 norm (summed tile by tile in order), so results are bit-identical run to run and across thread
 counts.
+
+Compile time: each distinct `prange` loop is one gufunc, about a second of a cold compile, so there
+are two, forward's and backward's: the minibatch gather is forward's pass -1 and the last step's
+update a forward pass of no rows. A cold start compiles loss_delta, backward, coefficients and
+outputs in a second process meanwhile (compute/compile_helper.py).
 """
 
 import math
@@ -29,7 +34,7 @@ from deltaprop.kernels._config import JIT, PJIT
 from deltaprop.kernels.blas import gemm
 from deltaprop.kernels.blocks import call_forward_block, call_grad_block
 from deltaprop.kernels.loss import cross_entropy_rows, mse_rows
-from deltaprop.kernels.optim import apply, chunk, coefficients, update_range
+from deltaprop.kernels.optim import chunk, coefficients, update_range
 
 CROSS_ENTROPY, MSE = 0, 1
 # Arguments typed as plain bool/int64, not as literals: a literal True or 16 in a call compiles the
@@ -107,67 +112,84 @@ def _dropout(X, off, r0, r1, ncols, c0, c1, seed, step, layer, rate):
             X[base + j] *= _keep(key, j, rate)
 
 
-@numba.njit(**PJIT)
-def gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb, weights, wb):
-    """xb[i] = (X[perm[p0+i]] - mean) * inv_std, and the matching labels/targets (and sample
-    weights, when `weights` is not empty)."""
+@numba.njit(**JIT)
+def _gather(X, mean, inv_std, perm, p0, lo, hi, xb, labels, yb, targets, tb, weights, wb):
+    """Rows lo..hi of the minibatch: xb[i] = (X[perm[p0+i]] - mean) * inv_std, and the matching
+    labels/targets (and sample weights, when `weights` is not empty)."""
     d = X.shape[1]
-    for t in prange(parts):
-        lo, hi = chunk(nb, parts, np.int64(t), ONE)
-        for i in range(lo, hi):
-            r = perm[p0 + i]
-            x, out = X[r], xb[i * d:(i + 1) * d]  # slices from 0: the loop vectorises
-            for j in range(d):
-                out[j] = (x[j] - mean[j]) * inv_std[j]
-            if labels.size > 0:
-                yb[i] = labels[r]
-            if targets.shape[0] > 0:
-                for j in range(targets.shape[1]):
-                    tb[i, j] = targets[r, j]
-            if weights.size > 0:
-                wb[i] = weights[r]
+    for i in range(lo, hi):
+        r = perm[p0 + i]
+        x, out = X[r], xb[i * d:(i + 1) * d]  # slices from 0: the loop vectorises
+        for j in range(d):
+            out[j] = (x[j] - mean[j]) * inv_std[j]
+        if labels.size > 0:
+            yb[i] = labels[r]
+        if targets.shape[0] > 0:
+            for j in range(targets.shape[1]):
+                tb[i, j] = targets[r, j]
+        if weights.size > 0:
+            wb[i] = weights[r]
 
 
 @numba.njit(**PJIT)
-def forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A, S,
+def forward(parts, X, mean, inv_std, perm, p0, labels, yb, targets, tb, weights, wb,
+            nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A, S,
             pending, opt_kind, grad, opt_state, coef, hyper, t):
-    """z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden layers when drop[l] > 0).
+    """Gather the minibatch, then z_l = a_{l-1} @ W_l.T + b_l, a_l = f_l(z_l) (dropout on hidden
+    layers when drop[l] > 0).
 
+    Pass -1 gathers rows p0.. of the epoch's permutation `perm` in `parts` chunks:
+    xb[i] = (X[perm[p0+i]] - mean) * inv_std with its labels/targets/weights (`_gather`). It shares
+    the layers' parallel region: each distinct `prange` is one more gufunc, ~1 s of a cold compile.
     Small batches compute the tile's z^T = W_l[c0:c1] @ a_{l-1}.T into the scratch S (same
     layout as Z) and transpose it back: BLAS runs that order much faster when nb is small.
     With `pending`, the previous step's optimizer update (coefficients `coef`, step count `t`) is
     applied first, tile by tile, to the rows of W_l and b_l that the tile's GEMM then reads while
-    they are still in cache: no separate pass over the parameters.
+    they are still in cache: no separate pass over the parameters. With nb = 0 it applies only that
+    update (the last step's, at the end of `run_steps`).
     """
     L = sizes.size - 1
-    for l in range(L):
-        nin, nout = sizes[l], sizes[l + 1]
-        src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
-        tiles = n_tiles(nout, nb)
+    for l in range(-1, L):
+        tiles = parts if l < 0 else n_tiles(sizes[l + 1], nb)
         for tile in prange(tiles):
-            c0, c1 = chunk(nout, tiles, np.int64(tile), LINE)
-            if c1 > c0:
-                if pending:
-                    update_range(opt_kind, theta, grad, opt_state, woff[l] + c0 * nin,
-                                 woff[l] + c1 * nin, coef, hyper, t)
-                    update_range(opt_kind, theta, grad, opt_state, boff[l] + c0, boff[l] + c1,
-                                 coef, hyper, t)
-                if nb < SMALL_BATCH:
-                    # (c1-c0, nb) = W_l[c0:c1] @ a_{l-1}.T, then transposed into z's columns
-                    so = hoff[l] + c0 * nb
-                    gemm(NO, YES, c1 - c0, nb, nin, 1.0, theta, woff[l] + c0 * nin, nin,
-                         src, soff, nin, 0.0, S, so, nb)
-                    for r in range(nb):
-                        z = Z[hoff[l] + r * nout + c0:hoff[l] + r * nout + c1]
-                        for j in range(z.size):
-                            z[j] = S[so + j * nb + r]
-                else:
-                    # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
-                    gemm(NO, YES, nb, c1 - c0, nin, 1.0, src, soff, nin,
-                         theta, woff[l] + c0 * nin, nin, 0.0, Z, hoff[l] + c0, nout)
-                call_forward_block(fwd[l], Z, A, hoff[l], 0, nb, nout, c0, c1, theta, boff[l])
-                if l < L - 1 and drop[l] > 0.0:
-                    _dropout(A, hoff[l], 0, nb, nout, c0, c1, seed, step, l, drop[l])
+            if l < 0:
+                lo, hi = chunk(nb, parts, np.int64(tile), ONE)
+                _gather(X, mean, inv_std, perm, p0, lo, hi, xb, labels, yb, targets, tb, weights, wb)
+            else:
+                _forward_tile(l, np.int64(tile), tiles, nb, xb, theta, sizes, woff, boff, hoff, fwd, drop,
+                              seed, step, Z, A, S, pending, opt_kind, grad, opt_state, coef, hyper, t)
+
+
+@numba.njit(**JIT)
+def _forward_tile(l, tile, tiles, nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step,
+                  Z, A, S, pending, opt_kind, grad, opt_state, coef, hyper, t):
+    """Tile `tile` of layer l's forward: its columns c0..c1 of z_l and a_l (see `forward`)."""
+    L = sizes.size - 1
+    nin, nout = sizes[l], sizes[l + 1]
+    src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
+    c0, c1 = chunk(nout, tiles, np.int64(tile), LINE)
+    if c1 <= c0:
+        return
+    if pending:
+        update_range(opt_kind, theta, grad, opt_state, woff[l] + c0 * nin, woff[l] + c1 * nin,
+                     coef, hyper, t)
+        update_range(opt_kind, theta, grad, opt_state, boff[l] + c0, boff[l] + c1, coef, hyper, t)
+    if nb < SMALL_BATCH:
+        # (c1-c0, nb) = W_l[c0:c1] @ a_{l-1}.T, then transposed into z's columns
+        so = hoff[l] + c0 * nb
+        gemm(NO, YES, c1 - c0, nb, nin, 1.0, theta, woff[l] + c0 * nin, nin,
+             src, soff, nin, 0.0, S, so, nb)
+        for r in range(nb):
+            z = Z[hoff[l] + r * nout + c0:hoff[l] + r * nout + c1]
+            for j in range(z.size):
+                z[j] = S[so + j * nb + r]
+    else:
+        # (nb, c1-c0) = (nb, nin) @ W_l[c0:c1].T
+        gemm(NO, YES, nb, c1 - c0, nin, 1.0, src, soff, nin,
+             theta, woff[l] + c0 * nin, nin, 0.0, Z, hoff[l] + c0, nout)
+    call_forward_block(fwd[l], Z, A, hoff[l], 0, nb, nout, c0, c1, theta, boff[l])
+    if l < L - 1 and drop[l] > 0.0:
+        _dropout(A, hoff[l], 0, nb, nout, c0, c1, seed, step, l, drop[l])
 
 
 @numba.njit(**JIT)
@@ -249,15 +271,15 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
         p0 = pos0 + s * cap
         nb = min(cap, n - p0)
         step = step0 + s
-        gather(parts, X, mean, inv_std, perm, p0, nb, xb, labels, yb, targets, tb, weights, wb)
+        forward(parts, X, mean, inv_std, perm, p0, labels, yb, targets, tb, weights, wb,
+                nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A, D,
+                pending, opt_kind, grad, opt_state, coef, hyper, step)
         inv = 1.0 / nb
         if weighted:
             wsum = 0.0
             for i in range(nb):
                 wsum += wb[i]
             inv = 1.0 / wsum if wsum > 0.0 else 0.0  # a batch of zero weights: no data gradient
-        forward(nb, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step, Z, A, D,
-                pending, opt_kind, grad, opt_state, coef, hyper, step)
         pending = False
         loss_delta(loss_kind, nb, grd[L - 1], k, hoff[L - 1], Z, A, D, yb, tb, inv, wb[:nb] if weighted else
                    wb[:0], rowloss, correct)
@@ -284,8 +306,11 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
             gscale = min(1.0, clip / (norm + 1e-6))
         coefficients(coef, opt_kind, lrs[s], gscale, hyper, step + 1)
         pending = True
-    if pending:
-        apply(parts, opt_kind, theta, grad, opt_state, coef, hyper, step0 + n_steps)
+    if pending:  # the last step's update: a forward pass of no rows applies only that
+        none = np.int64(0)  # typed, not a literal 0: a literal argument compiles forward a second time
+        forward(parts, X, mean, inv_std, perm, none, labels, yb, targets, tb, weights, wb,
+                none, xb, theta, sizes, woff, boff, hoff, fwd, drop, seed, step0 + n_steps, Z, A, D,
+                YES, opt_kind, grad, opt_state, coef, hyper, step0 + n_steps)
     return n_steps
 
 

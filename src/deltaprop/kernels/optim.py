@@ -3,9 +3,9 @@
 All parameters live in one flat vector `theta` (layer after layer: weight then bias), with the
 gradient in `grad` of the same layout and the optimizer state in `state` of shape (2, P):
 SGD keeps its momentum buffer in state[0]; Adam/AdamW keep exp_avg in state[0] and exp_avg_sq in
-state[1]. The update is elementwise, so it can be split anywhere: it runs as one parallel
-loop (`apply`), and the network kernels run `update_range` tile by tile inside the next step's forward pass,
-on the weight rows the tile's GEMM is about to read. `gscale` folds gradient clipping into it.
+state[1]. The update is elementwise, so it can be split anywhere: the network kernels run
+`update_range` tile by tile inside the next step's forward pass, on the weight rows the tile's
+GEMM is about to read (and the last step's in a forward pass of no rows). `gscale` folds gradient clipping into it.
 The coefficients are cast to theta's dtype first, and each case has its own branch-free loop over
 slices that start at 0, so the loops vectorise (see `update_range`).
 
@@ -16,9 +16,8 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
 
-from ._config import JIT, PJIT
+from ._config import JIT
 
 SGD, ADAM, ADAMW = 0, 1, 2
 N_HYPER = 7
@@ -105,12 +104,3 @@ def update_range(kind, theta, grad, state, lo, hi, c, hyper, t):
         _sgd(th, g, state[0, lo:hi], c, hyper[0] != 0.0, hyper[2] != 0.0, t == 1)
     else:
         _adam(th, g, state[0, lo:hi], state[1, lo:hi], c, kind == ADAMW)
-
-
-@numba.njit(**PJIT)
-def apply(parts, kind, theta, grad, state, c, hyper, t):
-    """`update_range` over the whole flat vector, split across `parts` threads."""
-    for p in prange(parts):
-        lo, hi = chunk(theta.size, parts, np.int64(p), np.int64(64))
-        update_range(kind, theta, grad, state, lo, hi, c, hyper, t)
-

@@ -115,7 +115,7 @@ class Trainer:
                 self.engine.predict(split.X[:1], m.mean, m.inv_std, self.theta)
 
         compile_kernels(work, what=f"{', '.join(dict.fromkeys(m.activations))}, {m.dtype}", note=self.reporter.note,
-                        compiled=self.engine.compiled)
+                        compiled=self.engine.compiled, helper=self.engine.compile_helper)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _diverged(self, step: int, what: str, lr: float) -> TrainingFailed:
