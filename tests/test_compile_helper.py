@@ -99,3 +99,37 @@ def test_a_helper_still_running_is_ended_when_the_compile_ends_or_is_interrupted
         compile_kernels(interrupted, what="t", note=lambda m: None, helper=helper)
     assert len(started) == 2 and all(p.poll() is not None for p in started)
     assert time.monotonic() - t0 < 30
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_helper_ends_with_a_killed_parent(tmp_path):
+    """SIGKILL of the process compiling (no finally runs) does not leave its helper compiling on."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    script = textwrap.dedent("""
+        import time
+        from deltaprop.compute.engine import Engine
+        from deltaprop.plugins.manager import load_registry
+        e = Engine([6, 5, 3], ["relu", "identity"], "cross_entropy", "float64", load_registry(entry_points=False), 2)
+        print(e.compile_helper().pid, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pid = int(parent.stdout.readline())
+        time.sleep(1.0)  # the helper is compiling by now
+        assert not _gone(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 2  # its compile alone takes longer: it was ended, it did not finish
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid)

@@ -81,8 +81,23 @@ def stop(helper: subprocess.Popen | None) -> None:
         helper.wait()
 
 
+def _die_with_parent() -> None:
+    """Linux: end this process when the one that started it ends (a SIGKILLed `deltaprop train`
+    leaves no helper behind)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before prctl took effect
+        os._exit(0)
+
+
 def main(argv: list[str]) -> None:
     """The helper process: compile the named kernels for dtype argv[0] into the shared cache."""
+    _die_with_parent()
     os.nice(5)
     from .factory import network_kernels
 
