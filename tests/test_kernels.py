@@ -330,7 +330,7 @@ def test_thread_count_does_not_change_results_small_net(registry, kw):
     np.testing.assert_array_equal(p1, p2)
 
 
-WIDE = [20, 150, 130, 70, 10]  # layers of several 64-wide tiles: work really splits across threads
+WIDE = [20, 150, 130, 70, 10]  # every hidden layer is split into 2 tiles: work really splits across threads
 
 
 def test_thread_count_wide_net_agrees_closely(registry):
@@ -341,7 +341,7 @@ def test_thread_count_wide_net_agrees_closely(registry):
 
 
 def test_thread_count_wide_net_bit_identical(registry):
-    """GEMMs are split in fixed tiles (kernels/network.py TILE), not per thread: bit-identical."""
+    """GEMMs are split in tiles from the shapes (kernels/network.py n_tiles), not per thread: bit-identical."""
     (t1, l1, p1), (t2, l2, p2) = _thread_runs(registry, WIDE, 100, 32)
     np.testing.assert_array_equal(p1, p2)
     np.testing.assert_array_equal(t1, t2)

@@ -113,8 +113,8 @@ class Engine:
             self.Z, self.A, self.D = (np.zeros(cap * width, dt) for _ in range(3))
             self.rowloss = np.zeros(cap, np.float64)
             self.correct = np.zeros(cap, np.int64)
-            from ..kernels.network import TILE
-            self.sq = np.zeros((self.L, int(self.sizes.max()) // TILE + 1), np.float64)
+            from ..kernels.network import MAX_TILES
+            self.sq = np.zeros((self.L, MAX_TILES), np.float64)
             self._cap = cap
 
     def _targets(self, y):

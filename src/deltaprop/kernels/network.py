@@ -12,7 +12,7 @@ Layout (flat, C order):
   xb           (cap, n0) gathered and scaled minibatch; yb / tb / wb its labels / targets / weights
 
 Parallelism: every step is a few `prange` regions over tiles of output columns (of z or delta)
-or rows (of dW), `n_tiles` of them from the shapes alone; a tile is one single-threaded BLAS
+or rows (of dW), `n_tiles` of them from the layer's width alone; a tile is one single-threaded BLAS
 call plus the fused elementwise work on it. Tiles never depend on the thread count, and nothing
 is reduced across threads except the batch loss (summed row by row in order) and the gradient
 norm (summed tile by tile in order), so results are bit-identical run to run and across thread
@@ -41,21 +41,25 @@ CROSS_ENTROPY, MSE = 0, 1
 # callee once per distinct value (gemm three times, chunk six), seconds of a cold compile.
 NO, YES = np.bool_(False), np.bool_(True)
 ONE, LINE = np.int64(1), np.int64(16)  # chunk alignments; 16 float32 = a cache line, no false sharing
-TILE = 64  # GEMM work is split into tiles of 64 output columns (or dW rows), 128 for small batches
-SMALL_BATCH = 128  # below this, per-call BLAS overhead is large: wider tiles, and z^T = W a^T
+MIN_TILE, MAX_TILES = 128, 16  # a layer's GEMM work is split into 2..16 tiles of >= 128 columns
+SMALL_BATCH = 128  # below this, per-call BLAS overhead is large: z^T = W a^T
 # Tiles depend on the shapes only, never on the thread count: each tile is the same BLAS call
 # with 1 thread or 8, so results are bit-identical across thread counts, not only run to run.
+# Each tile's BLAS call packs the whole other operand again, so fewer, wider tiles waste less:
+# step time, 2 threads, float32, interleaved in one process (p10): 784-256-128-10 at batch 128
+# 562 us with 64-wide tiles, 541 with 128; at 512 1,784 / 1,714; 784-4096-4096-10 at batch 128
+# 60.8 ms with 64-wide tiles, 57.5 with 128, 56.6 with 256, 55.7 with 512. 16 tiles at most still
+# give every core of a 16-core machine a share of a wide layer.
 # Measured (1 thread, float32, 784->256 at batch 32): a @ W[64 rows].T 48-56 GFLOP/s,
-# W[128 rows] @ a.T 79; at batch >= 128 the two orders and both widths are within ~10 %.
+# W[128 rows] @ a.T 79; at batch >= 128 the two orders are within ~10 %.
 
 
 @numba.njit(**JIT)
-def n_tiles(width, nb):
-    """How many tiles split `width` columns (or dW rows) at batch size nb: 64 wide, 128 wide for
-    small batches, and at least 2 when the width allows (a 2-core machine gets both cores)."""
-    w = TILE if nb >= SMALL_BATCH else 2 * TILE
-    t = (width + w - 1) // w
-    if t < 2 and width > TILE:
+def n_tiles(width):
+    """How many tiles split `width` columns (or dW rows): one per 128, at most MAX_TILES, and at
+    least 2 when the width allows (a 2-core machine gets both cores)."""
+    t = min((width + MIN_TILE - 1) // MIN_TILE, MAX_TILES)
+    if t < 2 and width > MIN_TILE // 2:
         t = 2
     return t
 
@@ -150,7 +154,7 @@ def forward(parts, X, mean, inv_std, perm, p0, labels, yb, targets, tb, weights,
     """
     L = sizes.size - 1
     for l in range(-1, L):
-        tiles = parts if l < 0 else n_tiles(sizes[l + 1], nb)
+        tiles = parts if l < 0 else n_tiles(sizes[l + 1])
         for tile in prange(tiles):
             if l < 0:
                 lo, hi = chunk(nb, parts, np.int64(tile), ONE)
@@ -218,7 +222,7 @@ def backward(nb, xb, theta, grad, sizes, woff, boff, hoff, grd, drop, seed, step
     for l in range(L - 1, -1, -1):
         nin, nout = sizes[l], sizes[l + 1]
         src, soff = (xb, 0) if l == 0 else (A, hoff[l - 1])
-        tiles = n_tiles(max(nout, nin) if l > 0 else nout, nb)
+        tiles = n_tiles(max(nout, nin) if l > 0 else nout)
         for tile in prange(tiles):
             r0, r1 = chunk(nout, tiles, np.int64(tile), np.int64(4))
             if r1 > r0:
