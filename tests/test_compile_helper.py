@@ -72,9 +72,18 @@ def test_the_helper_fills_a_fresh_cache_and_this_process_loads_what_it_compiled(
 
 
 def test_no_helper_when_everything_is_cached_or_on_one_core(engine, monkeypatch):
+    """No helper when the cache has the network module's kernels (the test runs in a clean clone
+    too, whose kernels/optim.py is cached apart from the shared network module), or on one core."""
     e = engine([5, 7, 3], ["tanh", "identity"], "cross_entropy", "float64")
     _train_and_predict(e, "float64")
     assert e.compile_helper() is None  # all four are in the (session's) cache now
+    # only an imported kernel missing (another checkout's optim.py, sharing this cache): no helper
+    monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: d.py_func.__name__ != "coefficients")
+    assert e.compile_helper() is None
+    monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: d.py_func.__name__ != "backward")
+    helper = e.compile_helper()
+    assert helper is not None and helper.args[-2:] == ["float64", "backward"]
+    compile_helper.stop(helper)
     monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: False)
     monkeypatch.setattr(compile_helper, "cores", lambda: 1)
     assert e.compile_helper() is None

@@ -62,7 +62,10 @@ def start(kernels, dtype) -> subprocess.Popen | None:
         missing = [name for name in _HELPER_KERNELS if not _cached(getattr(kernels, name), sigs[name])]
     except Exception:  # Numba's cache internals differ (another version), or no cache: compile here
         return None
-    if not missing:
+    # The network module's own kernels decide, as they are compiled and cached whenever run_steps
+    # is. One it imports (coefficients, from kernels/optim.py) is cached per source path: a second
+    # checkout sharing the cache lacks it even though run_steps, a file named by its hash, loads.
+    if not any(getattr(kernels, name).py_func.__module__ == kernels.__name__ for name in missing):
         return None
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = f"import sys; sys.path.insert(0, {root!r}); from {__name__} import main; main(sys.argv[1:])"
