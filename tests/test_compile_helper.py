@@ -10,8 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from deltaprop._system import cores
 from deltaprop.compute import compile_helper
 from deltaprop.compute.warmup import compile_kernels
+
+two_cores = pytest.mark.skipif(cores() < 2, reason="the helper runs only with 2 cores or more")
 
 
 def _train_and_predict(engine, dtype):
@@ -50,6 +53,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@two_cores
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_helper_fills_a_fresh_cache_and_this_process_loads_what_it_compiled(tmp_path, dtype):
     """In an empty cache the helper starts, compiles its four kernels, and the main process loads
@@ -80,11 +84,16 @@ def test_no_helper_when_everything_is_cached_or_on_one_core(engine, monkeypatch)
     # only an imported kernel missing (another checkout's optim.py, sharing this cache): no helper
     monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: d.py_func.__name__ != "coefficients")
     assert e.compile_helper() is None
+    # nor for predict's outputs alone: training never compiles it, the helper would start every time
+    monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: d.py_func.__name__ != "outputs")
+    assert e.compile_helper() is None
     monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: d.py_func.__name__ != "backward")
+    monkeypatch.setattr(compile_helper, "cores", lambda: 2)
     helper = e.compile_helper()
-    assert helper is not None and helper.args[-2:] == ["float64", "backward"]
+    assert helper is not None and helper.args[-3:] == [str(os.getpid()), "float64", "backward"]
     compile_helper.stop(helper)
     monkeypatch.setattr(compile_helper, "_cached", lambda d, sig: False)
+    assert compile_helper.start(e.kernels, "float64", 1) is None  # a run told to use one thread
     monkeypatch.setattr(compile_helper, "cores", lambda: 1)
     assert e.compile_helper() is None
 
@@ -118,6 +127,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@two_cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_helper_ends_with_a_killed_parent(tmp_path):
     """SIGKILL of the process compiling (no finally runs) does not leave its helper compiling on."""
@@ -138,7 +148,30 @@ def test_a_helper_ends_with_a_killed_parent(tmp_path):
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 2  # its compile alone takes longer: it was ended, it did not finish
+    deadline = time.monotonic() + 0.5  # PR_SET_PDEATHSIG acts at once; its compile takes seconds more
     while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(pid)
+
+
+def test_training_starts_the_helper_with_the_runs_threads(tmp_path, monkeypatch):
+    """The trainer's warm-up is what asks for the helper (with the run's own thread count), and it
+    is ended when the warm-up ends."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\nhidden = [5]\n[data]\ntrain = "{tmp_path / "d.npz"}"\n'
+                   '[training]\nepochs = 1\nbatch_size = 16\nthreads = 2\n')
+    calls, helpers = [], []
+
+    def fake_start(kernels, dtype, threads):
+        calls.append((kernels.__name__, str(dtype), threads))
+        helpers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        return helpers[-1]
+
+    monkeypatch.setattr(compile_helper, "start", fake_start)
+    import deltaprop
+    deltaprop.train(cfg, run_dir=tmp_path / "run")
+    assert len(calls) == 1 and calls[0][0].startswith("deltaprop_net_") and calls[0][1:] == ("float32", 2)
+    assert helpers[0].poll() is not None

@@ -6,13 +6,13 @@ and LLVM work (~11 s on this project's 2-core machine). `run_steps` calls `forwa
 callee up in its on-disk cache before compiling it, so a second process that compiles those four
 (with the argument types run_steps and predict pass: `signatures(dtype)`) while this one compiles
 `forward` leaves them ready to be loaded when run_steps reaches them: about 5 s less on 2 cores
-(`bench/startup.py`). Numba writes each cache entry under a temporary name and renames it, so a
-half-written entry is never read; a kernel the helper has not finished yet is compiled here as
-well, as it would have been without the helper.
+(`bench/startup.py`). Numba writes each cache file under a temporary name and renames it, and an
+index entry whose data file is not written yet reads as a miss: a kernel the helper has not
+finished is compiled here as well, as it would have been without the helper.
 
-    helper = start(engine.kernels, dtype)   # None: all four cached, one core, or no cache to share
-    ...                                     # compile run_steps here
-    stop(helper)                            # ends it if it is still running
+    helper = start(engine.kernels, dtype, threads)  # None: cached, or under 2 threads or cores
+    ...                                             # compile run_steps here
+    stop(helper)                                    # ends it if it is still running
 
 The helper runs at a lower priority, so this process keeps its core when others compete.
 """
@@ -26,6 +26,11 @@ import numpy as np
 from .._system import cores
 
 _HELPER_KERNELS = ("loss_delta", "backward", "coefficients", "outputs")  # the order run_steps needs them
+# What decides whether a helper is worth starting: the two that are compiled, and cached, whenever
+# run_steps is. `coefficients` is cached per source path (kernels/optim.py), so a second checkout
+# sharing the cache lacks it although run_steps, in a file named by its hash, loads; `outputs` is
+# compiled only by a predict. A helper started for those alone would start again on every warm run.
+_DECIDING = ("loss_delta", "backward")
 
 
 def signatures(dtype) -> dict[str, tuple]:
@@ -53,24 +58,22 @@ def _cached(dispatcher, sig) -> bool:
     return key in cache._cache_file._load_index()
 
 
-def start(kernels, dtype) -> subprocess.Popen | None:
-    """Start the helper for the kernels of `kernels` (the network module) that the cache lacks."""
-    if cores() < 2:
+def start(kernels, dtype, threads: int) -> subprocess.Popen | None:
+    """Start the helper for the kernels of `kernels` (the network module) that the cache lacks, when
+    the run may use 2 threads or more (`threads`) on as many cores."""
+    if threads < 2 or cores() < 2:
         return None
     sigs = signatures(dtype)
     try:
         missing = [name for name in _HELPER_KERNELS if not _cached(getattr(kernels, name), sigs[name])]
     except Exception:  # Numba's cache internals differ (another version), or no cache: compile here
         return None
-    # The network module's own kernels decide, as they are compiled and cached whenever run_steps
-    # is. One it imports (coefficients, from kernels/optim.py) is cached per source path: a second
-    # checkout sharing the cache lacks it even though run_steps, a file named by its hash, loads.
-    if not any(getattr(kernels, name).py_func.__module__ == kernels.__name__ for name in missing):
+    if not set(missing) & set(_DECIDING):
         return None
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = f"import sys; sys.path.insert(0, {root!r}); from {__name__} import main; main(sys.argv[1:])"
     try:
-        return subprocess.Popen([sys.executable, "-c", code, np.dtype(dtype).name, *missing],
+        return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), np.dtype(dtype).name, *missing],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
@@ -84,14 +87,14 @@ def stop(helper: subprocess.Popen | None) -> None:
         helper.wait()
 
 
-def _die_with_parent() -> None:
-    """Linux: end this process when the one that started it ends (a SIGKILLed `deltaprop train`
-    leaves no helper behind)."""
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """Linux: end this process when `parent`, the process that started it, ends (a SIGKILLed
+    `deltaprop train` leaves no helper compiling on)."""
     try:
         import ctypes
         import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL)) != 0:  # PR_SET_PDEATHSIG
+            return
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # it ended before prctl took effect
@@ -99,11 +102,19 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> None:
-    """The helper process: compile the named kernels for dtype argv[0] into the shared cache."""
-    _die_with_parent()
+    """The helper process: argv = [parent pid, dtype, kernel names...]; compiles the named kernels
+    into the shared cache."""
+    _die_with_parent(int(argv[0]))
     os.nice(5)
+    import warnings
+
+    from numba.core.errors import NumbaPerformanceWarning
+
+    # A kernel Numba could not parallelise is not cached from here: the process that needs it then
+    # compiles it and shows the warning (the tests turn it into a failure there).
+    warnings.simplefilter("error", NumbaPerformanceWarning)
     from .factory import network_kernels
 
-    kernels, sigs = network_kernels(), signatures(argv[0])
-    for name in argv[1:]:
+    kernels, sigs = network_kernels(), signatures(argv[1])
+    for name in argv[2:]:
         getattr(kernels, name).compile(sigs[name])

@@ -99,7 +99,7 @@ class Engine:
         """A second process compiling the kernels run_steps calls after forward, when they are not
         cached (compute/compile_helper.py), or None; end it with compile_helper.stop."""
         from .compile_helper import start
-        return start(self.kernels, self.dtype)
+        return start(self.kernels, self.dtype, self.threads)
 
     # ---- buffers ---------------------------------------------------------------------------
     def _buffers(self, cap: int):

@@ -4,7 +4,7 @@ Two kinds of compiled code, each written as a source file into the kernel cache 
 name that hashes everything the compiled code depends on, and imported from there, so Numba's
 on-disk cache works as for any file and an edit is never loaded stale:
 
-- `network_kernels()`: kernels/network.py (gather, forward, backward, run_steps, outputs), the same for
+- `network_kernels()`: kernels/network.py (forward, backward, run_steps, outputs), the same for
   every network: it calls the activations through function pointers (kernels/blocks.py). Its key
   hashes its source, the kernel modules compiled into it, and the deltaprop/Numba/Python versions.
 - `activation_blocks(act, dtype)`: one activation's forward and grad blocks as C callbacks for one

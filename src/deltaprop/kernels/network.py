@@ -41,7 +41,7 @@ CROSS_ENTROPY, MSE = 0, 1
 # callee once per distinct value (gemm three times, chunk six), seconds of a cold compile.
 NO, YES = np.bool_(False), np.bool_(True)
 ONE, LINE = np.int64(1), np.int64(16)  # chunk alignments; 16 float32 = a cache line, no false sharing
-MIN_TILE, MAX_TILES = 128, 16  # a layer's GEMM work is split into 2..16 tiles of >= 128 columns
+MIN_TILE, MAX_TILES = 128, 16  # a layer's GEMM work: a tile per 128 columns, at least 2, at most 16
 SMALL_BATCH = 128  # below this, per-call BLAS overhead is large: z^T = W a^T
 # Tiles depend on the shapes only, never on the thread count: each tile is the same BLAS call
 # with 1 thread or 8, so results are bit-identical across thread counts, not only run to run.
@@ -255,8 +255,8 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
               xb, yb, tb, wb, Z, A, D, rowloss, correct, sq, step_loss, step_correct):
     """Run n_steps minibatch steps from position pos0 of the epoch's permutation.
 
-    1) gather  2) forward (applying the previous step's update on the way)  3) loss + output
-    delta  4) backward  5) clip and check; the last step's update is applied before returning.
+    1) forward: gather, then the layers (applying the previous step's update on the way)
+    2) loss + output delta  3) backward  4) clip and check; the last step's update is applied before returning.
     Returns the number of steps completed; fewer than n_steps means step `returned` produced a
     non-finite loss or gradient, and its update was not applied (theta is still the last good one).
 
@@ -322,7 +322,7 @@ def run_steps(parts, X, mean, inv_std, labels, targets, weights, perm, pos0, n_s
 def outputs(Z, A, off, nb, k, loss_kind, out, p0):
     """out[p0:p0+nb] = the output layer's rows 0..nb after `forward`: softmax probabilities
     (cross-entropy) or the output activation (mse). Prediction is a Python loop over batches of
-    gather, forward and this (compute/engine.py `Engine.predict`): a compiled loop would link
+    forward (which gathers) and this (compute/engine.py `Engine.predict`): a compiled loop would link
     forward's code into one more function, seconds more of a cold compile for nothing."""
     for i in range(nb):
         r = off + i * k
